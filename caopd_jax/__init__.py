@@ -1,0 +1,1 @@
+"""caopd_jax: on-policy distillation and calibration-aware OPD in JAX/Flax NNX."""

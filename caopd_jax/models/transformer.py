@@ -1,0 +1,213 @@
+"""Decoder-only transformer (Llama / Qwen2 / Qwen3) in Flax NNX with a functional KV cache.
+
+Pre-norm blocks: h += Attn(RMSNorm(h)); h += SwiGLU(RMSNorm(h)); logits = RMSNorm(h) @ W_out.
+Attention is grouped-query with rotary embeddings (Su et al. 2021, "half-rotation" layout as in
+HF transformers). Parameters are float32; matmuls run in `cfg.dtype`; norms, softmax and logits
+are float32. Every parameter carries `logical_axes` metadata for `caopd_jax.sharding`.
+
+Cache: a pytree `{"k": [L x [B,S,Hkv,Dh]], "v": ..., "valid": bool[B,S], "index": int32[]}`;
+`index` is the next slot to write (the same for every row: batches are left-padded).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from caopd_jax.models.config import ModelConfig
+
+_F32 = jnp.float32
+_MASKED = -1e30  # finite, so fully-masked (padding) query rows stay NaN-free
+
+
+def _param(rngs, shape, axes, init="normal", scale=0.02):
+  if init == "normal":
+    value = scale * jax.random.normal(rngs.params(), shape, _F32)
+  elif init == "ones":
+    value = jnp.ones(shape, _F32)
+  else:
+    value = jnp.zeros(shape, _F32)
+  return nnx.Param(value, logical_axes=axes)
+
+
+def rms_norm(x, scale, eps):
+  x32 = x.astype(_F32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (y * scale).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs):
+    self.scale = _param(rngs, (dim,), ("norm",), init="ones")
+    self.eps = eps
+
+  def __call__(self, x):
+    return rms_norm(x, self.scale[...], self.eps)
+
+
+def rope_inv_freq(cfg: ModelConfig):
+  """Rotary inverse frequencies theta^(-2i/Dh), with optional Llama-3 rescaling."""
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=_F32) / cfg.head_dim))
+  if cfg.rope_scaling is None:
+    return inv
+  rs = dict(cfg.rope_scaling)
+  factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+  old = rs["original_max_position_embeddings"]
+  wavelen = 2 * math.pi / inv
+  scaled = jnp.where(wavelen > old / lo, inv / factor, inv)
+  smooth = (old / wavelen - lo) / (hi - lo)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x, positions, inv_freq):
+  """x: [B, T, H, Dh]; positions: int [B, T]."""
+  angles = positions.astype(_F32)[..., None] * inv_freq  # [B, T, Dh/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x32 = x.astype(_F32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, h, kv, dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.cfg = cfg
+    self.q = _param(rngs, (d, h, dh), ("embed", "heads", "head_dim"))
+    self.k = _param(rngs, (d, kv, dh), ("embed", "kv_heads", "head_dim"))
+    self.v = _param(rngs, (d, kv, dh), ("embed", "kv_heads", "head_dim"))
+    self.o = _param(rngs, (h, dh, d), ("heads", "head_dim", "embed"))
+    if cfg.qkv_bias:
+      self.q_bias = _param(rngs, (h, dh), ("heads", "head_dim"), init="zeros")
+      self.k_bias = _param(rngs, (kv, dh), ("kv_heads", "head_dim"), init="zeros")
+      self.v_bias = _param(rngs, (kv, dh), ("kv_heads", "head_dim"), init="zeros")
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(dh, cfg.rms_norm_eps, rngs=rngs)
+      self.k_norm = RMSNorm(dh, cfg.rms_norm_eps, rngs=rngs)
+
+  def __call__(self, x, positions, inv_freq, mask, kv_cache=None, index=None):
+    """x: [B,T,D]; mask: bool [B,T,S]. Returns (out [B,T,D], (k_all, v_all))."""
+    cfg, dt = self.cfg, x.dtype
+    q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
+    k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
+    v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
+    if cfg.qkv_bias:
+      q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    if kv_cache is not None:
+      ck, cv = kv_cache
+      k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=1)
+    b, t = q.shape[:2]
+    g = cfg.num_heads // cfg.num_kv_heads
+    q = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
+    scores = jnp.einsum("btngk,bsnk->bngts", q, k.astype(dt), preferred_element_type=_F32)
+    scores = scores / math.sqrt(cfg.head_dim)
+    scores = jnp.where(mask[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("bngts,bsnk->btngk", probs, v.astype(dt))
+    out = out.reshape(b, t, cfg.num_heads, cfg.head_dim)
+    return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), (k, v)
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate x) * up x)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    self.gate = _param(rngs, (d, f), ("embed", "mlp"))
+    self.up = _param(rngs, (d, f), ("embed", "mlp"))
+    self.down = _param(rngs, (f, d), ("mlp", "embed"))
+
+  def __call__(self, x):
+    dt = x.dtype
+    hidden = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+    return hidden @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, inv_freq, mask, kv_cache=None, index=None):
+    a, kv = self.attn(self.attn_norm(x), positions, inv_freq, mask, kv_cache, index)
+    x = x + a
+    return x + self.mlp(self.mlp_norm(x)), kv
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None):
+  """An empty KV cache with `length` slots per row."""
+  dtype = dtype or cfg.compute_dtype
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return {
+      "k": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+      "v": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+      "valid": jnp.zeros((batch, length), bool),
+      "index": jnp.zeros((), jnp.int32),
+  }
+
+
+class Transformer(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+
+  def hidden(self, tokens, positions=None, valid=None, cache=None):
+    """Final-normed hidden states [B,T,D] (compute dtype) and the updated cache (or None).
+
+    valid: bool [B,T], False on (left) padding. positions default to the count of valid tokens
+    before each one (continuing from the cache when given).
+    """
+    cfg = self.cfg
+    b, t = tokens.shape
+    valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
+    if positions is None:
+      start = 0 if cache is None else jnp.sum(cache["valid"], axis=-1, keepdims=True)
+      positions = start + jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+    if cache is None:
+      kv_valid, index, q_slot = valid, None, jnp.arange(t)
+    else:
+      index = cache["index"]
+      kv_valid = jax.lax.dynamic_update_slice_in_dim(cache["valid"], valid, index, axis=1)
+      q_slot = index + jnp.arange(t)
+    k_slot = jnp.arange(kv_valid.shape[1])
+    mask = (k_slot[None, None, :] <= q_slot[None, :, None]) & kv_valid[:, None, :]
+    inv_freq = rope_inv_freq(cfg)
+    x = self.embed[...][tokens].astype(cfg.compute_dtype)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
+      x, (k, v) = layer(x, positions, inv_freq, mask, layer_cache, index)
+      new_k.append(k)
+      new_v.append(v)
+    h = self.final_norm(x)
+    if cache is None:
+      return h, None
+    return h, {"k": new_k, "v": new_v, "valid": kv_valid, "index": index + t}
+
+  def output_kernel(self):
+    """The [D, V] vocabulary projection (the transposed embedding when tied)."""
+    return self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
+
+  def logits(self, h):
+    """float32 logits from hidden states h [..., D]."""
+    w = self.output_kernel().astype(h.dtype)
+    return jnp.einsum("...d,dv->...v", h, w, preferred_element_type=_F32)
+
+  def __call__(self, tokens, positions=None, valid=None):
+    h, _ = self.hidden(tokens, positions, valid)
+    return self.logits(h)
