@@ -1,0 +1,125 @@
+"""Tokenizers behind one small interface: a character-level one for embedded toy tasks and a
+wrapper around a local HF tokenizer (`AutoTokenizer`, no hub access).
+
+Interface: `vocab_size, pad_id, bos_id, eos_id, special_ids, encode(text), decode(ids),
+apply_chat_template(messages), save(path)`; `pad_left` turns token lists into a left-padded
+int32 batch with a validity mask (prompts are left-truncated, as in the CaOPD code).
+"""
+
+import json
+import os
+import string
+
+import numpy as np
+
+CHAR_SPECIALS = ("<pad>", "<bos>", "<eos>")
+DEFAULT_ALPHABET = string.digits + string.ascii_letters + string.punctuation + " \n"
+
+
+class CharTokenizer:
+  """One id per character of `alphabet`, after the special tokens <pad>, <bos>, <eos>."""
+
+  def __init__(self, alphabet: str = DEFAULT_ALPHABET):
+    if len(set(alphabet)) != len(alphabet):
+      raise ValueError("CharTokenizer alphabet has repeated characters.")
+    self.alphabet = alphabet
+    self._ids = {c: i + len(CHAR_SPECIALS) for i, c in enumerate(alphabet)}
+    self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+    self.vocab_size = len(CHAR_SPECIALS) + len(alphabet)
+    self.special_ids = (self.pad_id, self.bos_id, self.eos_id)
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    unknown = sorted({c for c in text if c not in self._ids})
+    if unknown:
+      raise ValueError(f"Characters {unknown!r} are not in the CharTokenizer alphabet.")
+    return ([self.bos_id] if add_bos else []) + [self._ids[c] for c in text]
+
+  def decode(self, ids, skip_special: bool = True) -> str:
+    out = []
+    for i in np.asarray(ids).reshape(-1).tolist():
+      if i < len(CHAR_SPECIALS):
+        if not skip_special:
+          out.append(CHAR_SPECIALS[i])
+      elif i < self.vocab_size:
+        out.append(self.alphabet[i - len(CHAR_SPECIALS)])
+      else:
+        raise ValueError(f"Token id {i} is outside the CharTokenizer vocabulary ({self.vocab_size}).")
+    return "".join(out)
+
+  def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+    raise ValueError("CharTokenizer has no chat template; format prompts as plain text.")
+
+  def save(self, path: str):
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "char_tokenizer.json"), "w") as f:
+      json.dump({"alphabet": self.alphabet}, f)
+
+  @classmethod
+  def load(cls, path: str) -> "CharTokenizer":
+    with open(os.path.join(path, "char_tokenizer.json")) as f:
+      return cls(json.load(f)["alphabet"])
+
+
+class HFTokenizer:
+  """A local HF tokenizer directory behind the same interface."""
+
+  def __init__(self, path: str):
+    import transformers  # pylint: disable=g-import-not-at-top
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"Tokenizer directory {path!r} does not exist.")
+    self.hf = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    self.eos_id = self.hf.eos_token_id
+    if self.eos_id is None:
+      raise ValueError(f"Tokenizer at {path!r} defines no eos token.")
+    self.pad_id = self.hf.pad_token_id if self.hf.pad_token_id is not None else self.eos_id
+    self.bos_id = self.hf.bos_token_id
+    self.vocab_size = len(self.hf)
+    self.special_ids = tuple(sorted(set(self.hf.all_special_ids)))
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    ids = self.hf.encode(text, add_special_tokens=False)
+    return ([self.bos_id] if add_bos and self.bos_id is not None else []) + ids
+
+  def decode(self, ids, skip_special: bool = True) -> str:
+    return self.hf.decode(np.asarray(ids).reshape(-1).tolist(), skip_special_tokens=skip_special)
+
+  def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+    if not getattr(self.hf, "chat_template", None):
+      raise ValueError("This HF tokenizer has no chat template.")
+    return self.hf.apply_chat_template(messages, tokenize=False,
+                                       add_generation_prompt=add_generation_prompt)
+
+  def save(self, path: str):
+    self.hf.save_pretrained(path)
+
+
+def load_tokenizer(path_or_name: str):
+  """`"char"` for the default CharTokenizer, a dir with char_tokenizer.json, or a HF tokenizer dir."""
+  if path_or_name == "char":
+    return CharTokenizer()
+  if os.path.exists(os.path.join(path_or_name, "char_tokenizer.json")):
+    return CharTokenizer.load(path_or_name)
+  return HFTokenizer(path_or_name)
+
+
+def pad_left(seqs, length: int, pad_id: int):
+  """Left-pads (and left-truncates) token lists to `length`: (int32 [B,L], bool valid [B,L])."""
+  ids = np.full((len(seqs), length), pad_id, np.int32)
+  valid = np.zeros((len(seqs), length), bool)
+  for i, s in enumerate(seqs):
+    s = list(s)[-length:] if length else []
+    if s:
+      ids[i, length - len(s):] = s
+      valid[i, length - len(s):] = True
+  return ids, valid
+
+
+def pad_right(seqs, length: int, pad_id: int):
+  """Right-pads (and right-truncates) token lists: (int32 [B,L], bool valid [B,L])."""
+  ids = np.full((len(seqs), length), pad_id, np.int32)
+  valid = np.zeros((len(seqs), length), bool)
+  for i, s in enumerate(seqs):
+    s = list(s)[:length]
+    ids[i, :len(s)] = s
+    valid[i, :len(s)] = True
+  return ids, valid
