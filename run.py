@@ -5,9 +5,11 @@ names what runs (see `caopd_jax.jobs.JOBS`); every hyperparameter lives in the c
 field can be overridden from the command line, e.g. `--config.seed=3`.
 """
 
+import logging
 import os
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -18,8 +20,17 @@ _WORKDIR = flags.DEFINE_string("workdir", os.path.join(_HERE, "workdir"),
                                "Directory for checkpoints, logs, plots and results.")
 
 
+class _QuietLibraries(logging.Filter):
+  """Drops tensorflow_datasets' per-call INFO/WARNING chatter (dataset configs, info loading)."""
+
+  def filter(self, record):
+    return "tensorflow_datasets" not in record.pathname or record.levelno >= logging.ERROR
+
+
 def main(argv):
   del argv
+  for handler in logging.getLogger().handlers + [absl_logging.get_absl_handler()]:
+    handler.addFilter(_QuietLibraries())
   from caopd_jax import jobs  # pylint: disable=g-import-not-at-top
   jobs.run(_CONFIG.value, os.path.abspath(_WORKDIR.value))
 

@@ -75,10 +75,9 @@ def splice(tokens, cut, table, lengths, k, pad_id: int):
   return out.astype(jnp.int32), j < cut + ins_len
 
 
-def replace_completion_confidence(tokens, mask, k, marker, suffix_table, suffix_lengths,
-                                  stop_ids=(), strip_ids=(), pad_id: int = 0):
-  """(a): cut each completion at its first marker (else at its end, dropping a final stop
-  token), strip trailing `strip_ids` (whitespace) before the cut, append suffix_table[k]."""
+def completion_cut(tokens, mask, marker, stop_ids=(), strip_ids=()):
+  """int32 [B]: where each completion's answer ends: at its first marker (else at its end,
+  before a final stop token), with trailing `strip_ids` (whitespace) removed."""
   found, start = find_marker(tokens, mask, marker)
   length = jnp.sum(mask, axis=-1).astype(jnp.int32)
   last_tok = jnp.take_along_axis(tokens, jnp.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
@@ -88,6 +87,13 @@ def replace_completion_confidence(tokens, mask, k, marker, suffix_table, suffix_
     pos = jnp.arange(tokens.shape[1])[None, :]
     keep = ~jnp.isin(tokens, jnp.asarray(strip_ids, jnp.int32)) & (pos < cut[:, None])
     cut = jnp.max(jnp.where(keep, pos + 1, 0), axis=-1).astype(jnp.int32)
+  return cut
+
+
+def replace_completion_confidence(tokens, mask, k, marker, suffix_table, suffix_lengths,
+                                  stop_ids=(), strip_ids=(), pad_id: int = 0):
+  """(a): the answer part (`completion_cut`) followed by suffix_table[k] ("\nConfidence: P" EOS)."""
+  cut = completion_cut(tokens, mask, marker, stop_ids, strip_ids)
   return splice(tokens, cut, suffix_table, suffix_lengths, k, pad_id)
 
 

@@ -4,7 +4,9 @@ import importlib
 
 # name -> module in caopd_jax.jobs defining `main(config, workdir)`.
 JOBS = {
-    "sample_demo": "demo",
+    "caopd_pipeline": "pipeline",
+    "sft": "sft",
+    "opd": "opd",
 }
 
 

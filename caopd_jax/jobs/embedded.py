@@ -1,0 +1,83 @@
+"""Plumbing shared by the embedded-task jobs: data sources, static widths, model/sampling configs,
+evaluation of a saved model."""
+
+import os
+
+import jax
+from flax import nnx
+
+from caopd_jax import data, evaluation, plots
+from caopd_jax.models import ModelConfig, load_hf
+from caopd_jax.prompts import MODES, Templates, auto_widths
+from caopd_jax.sampling import SamplingConfig
+from caopd_jax.tokenizers import load_tokenizer
+
+TEMPLATES = Templates()
+
+
+def data_dir(config, workdir):
+  """config.data_dir, else WORKDIR/tfds (the pipeline points all its stages at one copy)."""
+  return config.data_dir or data.data_dir_for(workdir)
+
+
+def task_kwargs(task):
+  if task.name != "arithmetic":
+    raise ValueError(f"The embedded-task jobs run task.name='arithmetic', got {task.name!r}.")
+  return dict(op=task.op, max_digits=task.max_digits, ood_digits=task.ood_digits, seed=task.seed,
+              num_train=task.num_train, num_test=task.num_test, num_ood=task.num_ood)
+
+
+def sources(config, workdir, splits=("train", "test", "ood")):
+  d = data_dir(config, workdir)
+  kw = task_kwargs(config.task)
+  return {s: data.get_source("arithmetic", s, d, **kw) for s in splits}
+
+
+def all_records(srcs):
+  return [r for s in srcs.values() for r in s]
+
+
+def widths(tokenizer, records):
+  """Static prompt widths covering every record of every split (one compile per run)."""
+  per_mode = [auto_widths(tokenizer, TEMPLATES, records, m) for m in MODES]
+  return {k: max(w[k] for w in per_mode) for k in per_mode[0]}
+
+
+def model_config(m, vocab_size: int) -> ModelConfig:
+  return ModelConfig(vocab_size=vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+                     num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+                     intermediate_size=m.intermediate_size, arch=m.arch, rope_theta=m.rope_theta,
+                     tie_word_embeddings=m.tie_word_embeddings, qkv_bias=m.arch == "qwen2",
+                     qk_norm=m.arch == "qwen3", dtype=m.dtype)
+
+
+def sampling_config(s, tokenizer) -> SamplingConfig:
+  return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                        top_k=s.get("top_k", 0), top_p=s.top_p, stop_ids=(tokenizer.eos_id,),
+                        pad_id=tokenizer.pad_id)
+
+
+def evaluate_model(model_dir: str, config, workdir: str, name: str):
+  """Evaluates a saved HF model on config.eval.splits: {split: (metrics, scored)}; writes JSON,
+  responses and a reliability diagram per split under WORKDIR/eval/."""
+  tokenizer = load_tokenizer(model_dir)
+  graphdef, params = nnx.split(load_hf(model_dir))
+  srcs = sources(config, workdir)
+  w = widths(tokenizer, all_records(srcs))
+  out = {}
+  for split in config.eval.splits:
+    records = list(srcs[split])
+    if config.eval.limit:
+      records = records[:config.eval.limit]
+    scored = evaluation.generate_and_score(
+        graphdef, params, tokenizer, TEMPLATES, records, widths=w,
+        sampling=sampling_config(config.eval, tokenizer), batch_size=config.eval.batch_size,
+        seed=config.eval.seed, desc=f"eval {name}/{split}")
+    result = evaluation.metrics(scored)
+    prefix = os.path.join(workdir, "eval", f"{name}_{split}")
+    if jax.process_index() == 0:
+      evaluation.write(scored, result, prefix)
+      plots.reliability_diagram(scored["conf"] * scored["parsed"], scored["correct"],
+                                prefix + "_reliability.png", title=f"{name} ({split})")
+    out[split] = (result, scored)
+  return out
