@@ -31,8 +31,18 @@ def main(argv):
   del argv
   for handler in logging.getLogger().handlers + [absl_logging.get_absl_handler()]:
     handler.addFilter(_QuietLibraries())
-  from caopd_jax import jobs  # pylint: disable=g-import-not-at-top
-  jobs.run(_CONFIG.value, os.path.abspath(_WORKDIR.value))
+  # pylint: disable=g-import-not-at-top
+  from caopd_jax import checkpoint, distributed
+  distributed.initialize()  # multi-process runs (TPU pod, SLURM, explicit); before any JAX use
+  checkpoint.quiet_orbax_logging()
+  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+  fingerprint = checkpoint.config_fingerprint(config)  # before jobs fill in defaults
+  if checkpoint.is_complete(workdir, fingerprint):
+    logging.info("The run in %s is already complete; nothing to do.", workdir)
+    return
+  from caopd_jax import jobs
+  jobs.run(config, workdir)
+  checkpoint.mark_complete(workdir, fingerprint)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ def make_schedule(cfg, total_steps: int):
     return optax.join_schedules(
         [optax.linear_schedule(0.0, cfg.lr, warmup), optax.constant_schedule(cfg.lr)], [warmup])
   if cfg.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warmup, 1), max(total_steps, warmup + 1),
+    warmup = max(warmup, 1)  # optax needs decay_steps > warmup_steps, even for 1-step runs
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total_steps, warmup + 1),
                                               end_value=cfg.get("end_lr", 0.0))
   return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, max(warmup, 1)),
                                optax.linear_schedule(cfg.lr, cfg.get("end_lr", 0.0),

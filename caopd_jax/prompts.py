@@ -20,16 +20,45 @@ MODES = ("demo", "correct_solution")
 
 @dataclasses.dataclass(frozen=True)
 class Templates:
+  """Every template; the response is "{answer}" + confidence_prefix + "{confidence}", so the
+  confidence prefix is both the replacement marker and the end of the verified answer."""
   student: str = "Q: {question}\nAnswer, then give your confidence (0.0-1.0).\nA: "
-  response: str = "{answer}\nConfidence: {confidence}"
-  marker: str = "Confidence:"
   demo_head: str = "Q: {question}\nExample response: "
   solution_head: str = "Q: {question}\nCorrect solution: "
   confidence_prefix: str = "\nConfidence: "
   note: str = "\nNote: The empirical confidence for this question is {confidence}. Use it."
   demo_tail: str = "\nNow answer with a response of your own.\nA: "
   solution_tail: str = "\nCorrectly solve the original question.\nA: "
-  answer_end: str = "\n"  # what follows the answer in a response (part of the verifier target)
+  # "lsb": numbers are written least-significant digit first, the order in which small
+  # transformers learn addition quickly (Lee et al. 2023, "Teaching arithmetic to small
+  # transformers"); "msb": as usual.
+  answer_order: str = "msb"
+
+  def written(self, answer: str) -> str:
+    """The answer as it appears in responses and demonstrations."""
+    if self.answer_order not in ("msb", "lsb"):
+      raise ValueError(f"answer_order must be 'msb' or 'lsb', got {self.answer_order!r}.")
+    return answer[::-1] if self.answer_order == "lsb" else answer
+
+  @property
+  def response(self):
+    return "{answer}" + self.confidence_prefix + "{confidence}"
+
+  @property
+  def marker(self):
+    return self.confidence_prefix
+
+  @property
+  def answer_end(self):  # what follows the answer (part of the exact-match verifier's target)
+    return self.confidence_prefix
+
+  def pieces(self):
+    """The templates' constant phrases: single tokens for a CharTokenizer (short sequences)."""
+    out = []
+    for text in (self.student, self.demo_head, self.solution_head, self.confidence_prefix,
+                 *self.note_parts(), self.demo_tail, self.solution_tail):
+      out += [p for p in text.replace("{question}", "\0").split("\0") if p]
+    return tuple(dict.fromkeys(out))
 
   def head(self, mode):
     return {"demo": self.demo_head, "correct_solution": self.solution_head}[_check(mode)]
@@ -53,12 +82,13 @@ def student_text(t: Templates, question: str) -> str:
 
 
 def response_text(t: Templates, answer: str, confidence: str) -> str:
-  return t.response.format(answer=answer, confidence=confidence)
+  return t.response.format(answer=t.written(answer), confidence=confidence)
 
 
 def teacher_text(t: Templates, mode: str, question: str, solution: str, confidence: str,
                  note: bool) -> str:
-  """The full teacher context string (what the in-graph assembly produces, gaps removed)."""
+  """The full teacher context string (what the in-graph assembly produces, gaps removed);
+  `solution` as written (see Templates.written)."""
   out = t.head(mode).format(question=question) + solution + t.confidence_prefix + confidence
   if note:
     out += t.note.format(confidence=confidence)
@@ -80,12 +110,12 @@ def encode_prompts(tokenizer, t: Templates, records, mode: str, widths):
   out["head"], out["head_valid"] = pad_left(
       [enc(t.head(mode).format(question=r["question"])) for r in records], widths["head"],
       tokenizer.pad_id)
-  out["demo"], out["demo_valid"] = pad_right([enc(r["answer"]) for r in records], widths["demo"],
+  out["demo"], out["demo_valid"] = pad_right([enc(t.written(r["answer"])) for r in records], widths["demo"],
                                              tokenizer.pad_id)
-  out["target"], _ = pad_right([enc(r["answer"] + t.answer_end) for r in records],
+  out["target"], _ = pad_right([enc(t.written(r["answer"]) + t.answer_end) for r in records],
                                widths["target"], -1)
   too_long = [r["question"] for r in records
-              if len(enc(r["answer"] + t.answer_end)) > widths["target"]]
+              if len(enc(t.written(r["answer"]) + t.answer_end)) > widths["target"]]
   if too_long:
     raise ValueError(f"Answers longer than widths['target']={widths['target']}: {too_long[:3]}.")
   return out
@@ -106,6 +136,6 @@ def auto_widths(tokenizer, t: Templates, records, mode: str, round_to: int = 8):
   return {
       "student": up(max(enc(student_text(t, r["question"])) for r in records)),
       "head": up(max(enc(t.head(mode).format(question=r["question"])) for r in records)),
-      "demo": up(max(enc(r["answer"]) for r in records)),
-      "target": up(max(enc(r["answer"] + t.answer_end) for r in records)),
+      "demo": up(max(enc(t.written(r["answer"])) for r in records)),
+      "target": up(max(enc(t.written(r["answer"]) + t.answer_end) for r in records)),
   }

@@ -20,24 +20,25 @@ from caopd_jax.tokenizers import pad_right
 FORMATS = ("student", "demo", "correct_solution")
 
 
-def habit(difficulty: int, table) -> str:
-  """The base student's stated confidence for a difficulty level (table indexed from level 1)."""
-  return f"{table[min(difficulty, len(table)) - 1]:.2f}"
+def habit(difficulty: int, table, first_level: int = 1) -> str:
+  """The base student's stated confidence at a difficulty level (table[0] is `first_level`)."""
+  return f"{table[min(max(difficulty - first_level, 0), len(table) - 1)]:.2f}"
 
 
 def sft_texts(records, templates, rng: np.random.Generator, *, mix, habit_table, num_samples: int,
-              note_prob: float):
+              note_prob: float, first_level: int = 1):
   """[(prompt, response)] for a batch of records; `mix` = probabilities of FORMATS."""
   formats = rng.choice(len(FORMATS), size=len(records), p=np.asarray(mix) / np.sum(mix))
   out = []
   for r, f in zip(records, formats):
     if FORMATS[f] == "student":
       out.append((student_text(templates, r["question"]),
-                  response_text(templates, r["answer"], habit(r["difficulty"], habit_table))))
+                  response_text(templates, r["answer"], habit(r["difficulty"], habit_table, first_level))))
     else:
       conf = format_confidence(int(rng.integers(num_samples + 1)), num_samples)
       note = bool(rng.random() < note_prob)
-      out.append((teacher_text(templates, FORMATS[f], r["question"], r["answer"], conf, note),
+      out.append((teacher_text(templates, FORMATS[f], r["question"], templates.written(r["answer"]),
+                               conf, note),
                   response_text(templates, r["answer"], conf)))
   return out
 

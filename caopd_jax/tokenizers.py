@@ -17,33 +17,44 @@ DEFAULT_ALPHABET = string.digits + string.ascii_letters + string.punctuation + "
 
 
 class CharTokenizer:
-  """One id per character of `alphabet`, after the special tokens <pad>, <bos>, <eos>."""
+  """One id per character of `alphabet` after <pad>, <bos>, <eos>, then one id per `piece`.
 
-  def __init__(self, alphabet: str = DEFAULT_ALPHABET):
+  Pieces are multi-character strings (a toy task's fixed template phrases) matched greedily,
+  longest first, before single characters; they keep toy sequences short. decode(encode(s)) == s.
+  """
+
+  def __init__(self, alphabet: str = DEFAULT_ALPHABET, pieces=()):
     if len(set(alphabet)) != len(alphabet):
       raise ValueError("CharTokenizer alphabet has repeated characters.")
-    self.alphabet = alphabet
-    self._ids = {c: i + len(CHAR_SPECIALS) for i, c in enumerate(alphabet)}
+    pieces = tuple(dict.fromkeys(p for p in pieces if len(p) > 1))
+    self.alphabet, self.pieces = alphabet, pieces
+    self._strings = list(CHAR_SPECIALS) + list(alphabet) + list(pieces)
+    self._ids = {c: i for i, c in enumerate(self._strings) if i >= len(CHAR_SPECIALS)}
+    self._by_length = sorted(pieces, key=len, reverse=True)
     self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
-    self.vocab_size = len(CHAR_SPECIALS) + len(alphabet)
+    self.vocab_size = len(self._strings)
     self.special_ids = (self.pad_id, self.bos_id, self.eos_id)
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
-    unknown = sorted({c for c in text if c not in self._ids})
-    if unknown:
-      raise ValueError(f"Characters {unknown!r} are not in the CharTokenizer alphabet.")
-    return ([self.bos_id] if add_bos else []) + [self._ids[c] for c in text]
+    ids = [self.bos_id] if add_bos else []
+    i = 0
+    while i < len(text):
+      piece = next((p for p in self._by_length if text.startswith(p, i)), None)
+      if piece is None:
+        if text[i] not in self._ids:
+          raise ValueError(f"Character {text[i]!r} is not in the CharTokenizer alphabet.")
+        piece = text[i]
+      ids.append(self._ids[piece])
+      i += len(piece)
+    return ids
 
   def decode(self, ids, skip_special: bool = True) -> str:
     out = []
     for i in np.asarray(ids).reshape(-1).tolist():
-      if i < len(CHAR_SPECIALS):
-        if not skip_special:
-          out.append(CHAR_SPECIALS[i])
-      elif i < self.vocab_size:
-        out.append(self.alphabet[i - len(CHAR_SPECIALS)])
-      else:
+      if not 0 <= i < self.vocab_size:
         raise ValueError(f"Token id {i} is outside the CharTokenizer vocabulary ({self.vocab_size}).")
+      if i >= len(CHAR_SPECIALS) or not skip_special:
+        out.append(self._strings[i])
     return "".join(out)
 
   def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
@@ -52,12 +63,13 @@ class CharTokenizer:
   def save(self, path: str):
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "char_tokenizer.json"), "w") as f:
-      json.dump({"alphabet": self.alphabet}, f)
+      json.dump({"alphabet": self.alphabet, "pieces": list(self.pieces)}, f)
 
   @classmethod
   def load(cls, path: str) -> "CharTokenizer":
     with open(os.path.join(path, "char_tokenizer.json")) as f:
-      return cls(json.load(f)["alphabet"])
+      spec = json.load(f)
+    return cls(spec["alphabet"], spec.get("pieces", ()))
 
 
 class HFTokenizer:

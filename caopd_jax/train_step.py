@@ -39,6 +39,8 @@ class TrainState:
 
 
 def init_state(params, optimizer, teacher=None, seed: int = 0) -> TrainState:
+  """Step 0; the teacher is copied so it never aliases (donated) student buffers."""
+  teacher = None if teacher is None else jax.tree.map(jnp.copy, teacher)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                     teacher=teacher, rng=jax.random.key_data(jax.random.key(seed)))
 
@@ -64,8 +66,19 @@ def completion_hidden(model, tokens, valid, num_completion: int):
 
 def make_opd_step(graphdef, teacher_graphdef, optimizer, schedule=None, *, objective: str,
                   hparams=None, report=(), compare_estimators: bool = False,
-                  chunk_size: int = 256, ema_alpha: float = 0.0):
-  """Returns the pure OPD step optimising `objective` and reporting every objective in `report`."""
+                  chunk_size: int = 256, ema_alpha: float = 0.0, importance_weights: bool = False,
+                  diagnostics: bool = False, diagnostics_top_k: int = 8):
+  """Returns the pure OPD step optimising `objective` and reporting every objective in `report`.
+
+  importance_weights: weight the optimised objective's per-token terms by the truncated ratio
+  min(pi(y_t) / mu(y_t), hparams["is_clip"]) with mu from batch["behavior_logprobs"] (the
+  sampler's log-probs under the distribution it sampled from); off for modified (CaOPD)
+  trajectories, whose replaced tokens were never sampled.
+  diagnostics: also report per-token diagnostics `diag/...` (entropies, teacher top-K mass and
+  overlap, negative-reward fraction, log-ratio by position; caopd_jax.diagnostics.token_stats,
+  top-K = diagnostics_top_k) over the optimised objective's mask, chunk-wise and without
+  gradients; nothing is computed when False.
+  """
   hparams = dict(hparams or {})
   objectives.get_objective(objective).resolve(hparams)  # fail early on bad names/hparams
   shared = {k: v for k, v in hparams.items() if k in _SHARED}
@@ -100,7 +113,7 @@ def make_opd_step(graphdef, teacher_graphdef, optimizer, schedule=None, *, objec
       return loss, metrics, vjp(head_grads)[0]
 
     main_hp = dict(hparams)
-    if "behavior_logprobs" in batch and "behavior_logprobs" in main_hp:
+    if importance_weights:  # truncated IS weights min(pi / mu, is_clip) from the sampler's mu
       main_hp["behavior_logprobs"] = batch["behavior_logprobs"]
     loss, main_metrics, grads = param_grad(objective, main_hp)
     metrics = {f"train/{k}": v for k, v in main_metrics.items()}
@@ -121,6 +134,12 @@ def make_opd_step(graphdef, teacher_graphdef, optimizer, schedule=None, *, objec
       else:
         value, _ = head_loss(name, shared)(sg(h), sg(kernel))
       metrics[f"objectives/{name}"] = value
+
+    if diagnostics:  # per-token diagnostics on the same hidden states, no gradients
+      from caopd_jax.diagnostics import token_stats  # pylint: disable=g-import-not-at-top
+      metrics.update(token_stats.chunked_metrics(sg(h), sg(kernel), teacher_h, teacher_kernel,
+                                                 tokens, mask, chunk_size=chunk_size,
+                                                 top_k=diagnostics_top_k, **shared))
 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

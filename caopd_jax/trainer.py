@@ -1,8 +1,14 @@
-"""The one train loop: resume, step, log, checkpoint, stop on SIGTERM.
+"""The one train loop: shard, resume, step, log, checkpoint, stop on SIGTERM.
 
 Used by every training job (SFT warm-up, OPD, CaOPD). `step_fn(state, batch)` is the pure
-step; the loop compiles it once with the state donated. `get_batch(step)` is a pure function of
-the step, so the data position is the step and resuming is exact.
+step; the loop compiles it once on a (data, fsdp, tensor) mesh with declared in/out shardings
+(caopd_jax.sharding) and the state donated. `get_batch(step)` returns this process's rows of
+global batch `step` (the whole batch on one process) and is a pure function of the step, so
+the data position is the step and resuming is exact (bitwise, for a deterministic step).
+
+Preemption: SIGTERM makes the loop finish the current step, save a checkpoint and exit with
+status 143. On several processes the hosts agree on the step to save at through JAX's
+preemption sync point (jax.distributed installs the SIGTERM notifier).
 """
 
 import logging
@@ -14,18 +20,31 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from caopd_jax import sharding
 from caopd_jax.checkpoint import Checkpointer
 from caopd_jax.logging_utils import MetricWriter
 
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped early, resume me"
+
+log = logging.getLogger(__name__)
+
 
 class _Preemption:
-  """Records SIGTERM so the loop can save and exit between steps."""
+  """Records SIGTERM so the loop can save and exit between steps.
+
+  One process: a Python SIGTERM handler sets a flag. Several processes: JAX's preemption sync
+  manager (started by jax.distributed.initialize) owns SIGTERM and `reached(step)` returns True
+  on every host at the same step.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multihost = jax.process_count() > 1
 
   def __enter__(self):
+    if self._multihost:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: no handler
@@ -35,6 +54,15 @@ class _Preemption:
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if self._multihost:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # preemption service disabled
+        return False
+    return self.requested
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -47,20 +75,64 @@ def _mean_metrics(history):
   return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
 
 
+def _log_layout(mesh, state, state_sh):
+  leaves = jax.tree.leaves(state_sh, is_leaf=lambda s: isinstance(s, sharding.NamedSharding))
+  split = sum(not s.is_fully_replicated for s in leaves)
+  log.info("mesh %s over %d device(s) in %d process(es); %d of %d state arrays sharded.",
+           dict(mesh.shape), mesh.size, jax.process_count(), split, len(leaves))
+  log.debug("state shardings:\n%s", sharding.shardings_summary(state, state_sh))
+
+
+def host_params(params):
+  """Params readable on this host (for exporting on process 0). With several processes the
+  sharded arrays are all-gathered (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return params
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(
+      lambda x: x if x.is_fully_addressable or x.is_fully_replicated
+      else np.asarray(multihost_utils.process_allgather(x, tiled=True)), params)
+
+
 def train_loop(*, workdir: str, state, step_fn, get_batch, total_steps: int, log_every: int = 10,
-               checkpoint_every: int = 0, keep: int = 2, desc: str = "train", on_log=None):
-  """Runs steps [restored step, total_steps); returns the final state."""
+               checkpoint_every: int = 0, keep: int = 2, desc: str = "train", on_log=None,
+               mesh=None, rules=sharding.RULES):
+  """Runs steps [restored step, total_steps); returns the final state.
+
+  state: the initial TrainState (host or single-device arrays, the same on every process); it
+    is placed on its shardings (or replaced by the newest valid checkpoint in
+    WORKDIR/checkpoints, restored directly into them) and donated to the step.
+  mesh: a jax.sharding.Mesh or a (data, fsdp, tensor) spec such as config.mesh (-1 = the rest;
+    None = (1, -1, 1)).
+  Returns the final state; with several processes its params are gathered so that process 0
+  can export them (`host_params`).
+  """
+  mesh = sharding.make_mesh(mesh)
+  state_sh = sharding.state_shardings(state, mesh, rules)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), checkpoint_every, keep)
-  step_fn = jax.jit(step_fn, donate_argnums=0)
-  state, start = ckpt.restore_latest(state)
+  restored, start = ckpt.restore_latest(state, state_sh)
   if start:
-    logging.info("%s: resumed from step %d in %s", desc, start, ckpt.directory)
+    state = restored
+    log.info("%s: resumed from step %d (data position %d) in %s", desc, start, start,
+             ckpt.directory)
+  else:
+    state = sharding.place(state, state_sh)
+  if start >= total_steps:
+    log.info("%s: already complete (step %d of %d).", desc, start, total_steps)
+    ckpt.close()
+    return state.replace(params=host_params(state.params))
+  _log_layout(mesh, state, state_sh)
   writer = MetricWriter(workdir)
-  history = []
+  history, step_jit, batch_sh = [], None, None
   with _Preemption() as preemption, tqdm(total=total_steps, initial=start, desc=desc,
                                           disable=jax.process_index() != 0) as bar:
     for step in range(start, total_steps):
-      state, metrics = step_fn(state, get_batch(step))
+      local_batch = get_batch(step)
+      if step_jit is None:
+        batch_sh = sharding.batch_shardings(local_batch, mesh, rules, global_shapes=False)
+        step_jit = sharding.jit_train_step(step_fn, mesh, state_sh, batch_sh)
+      batch = sharding.shard_batch(local_batch, mesh, rules, shardings=batch_sh)
+      state, metrics = step_jit(state, batch)
       history.append(metrics)
       done = step + 1
       if done % log_every == 0 or done == total_steps:
@@ -72,14 +144,14 @@ def train_loop(*, workdir: str, state, step_fn, get_batch, total_steps: int, log
           on_log(done, means)
       bar.update(1)
       ckpt.save(done, state, force=done == total_steps)
-      if preemption.requested:
+      if preemption.reached(done):
         ckpt.save(done, state, force=True)
         ckpt.close()
         writer.close()
-        logging.warning("%s: SIGTERM received; saved step %d and exiting.", desc, done)
-        sys.exit(143)
-  if total_steps and total_steps not in ckpt.steps():
-    ckpt.save(total_steps, state, force=True)
+        bar.close()
+        log.warning("%s: SIGTERM received; saved step %d and exiting.", desc, done)
+        sys.exit(PREEMPTED_EXIT_CODE)
+  ckpt.save(total_steps, state, force=True)
   ckpt.close()
   writer.close()
-  return state
+  return state.replace(params=host_params(state.params))

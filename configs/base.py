@@ -16,18 +16,22 @@ def get_config(arg=None):
   c.data_dir = ""  # '' -> WORKDIR/tfds
   c.task = common.task()
   c.model = common.model()
-  c.steps = 1500
+  c.steps = 1000
   c.batch_size = 64
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=3e-3, schedule="cosine", warmup_frac=0.05, b1=0.9, b2=0.98,
       weight_decay=0.01, grad_clip=1.0))
   # Format mix (student, demo, correct_solution), the base's stated confidence per difficulty
-  # level (its "habit"), the note probability in teacher-format examples, K for the grid.
+  # level from task.min_digits up (its "habit"), the note probability in teacher-format
+  # examples, K for the confidence grid.
   c.mix = (0.5, 0.25, 0.25)
-  c.habit = (0.88, 0.62, 0.38)
+  c.habit = (0.88, 0.62)
   c.note_prob = 0.5
   c.num_samples = 8
   c.log_every = 50
   c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  # Device mesh (data, fsdp, tensor); -1 = all remaining devices (caopd_jax.sharding).
+  c.mesh = (1, -1, 1)
   c.eval = common.evaluation()
   return c

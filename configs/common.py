@@ -6,8 +6,9 @@ import ml_collections
 def task(**overrides):
   """The embedded arithmetic task (caopd_jax.data.arithmetic)."""
   t = ml_collections.ConfigDict(dict(
-      name="arithmetic", op="add", max_digits=3, ood_digits=2, seed=0,
-      num_train=20000, num_test=1000, num_ood=500))
+      name="arithmetic", op="add", min_digits=2, max_digits=3, ood_digits=1, seed=0,
+      num_train=20000, num_test=1000, num_ood=500,
+      answer_order="lsb"))  # least-significant digit first (see prompts.Templates)
   t.update(overrides)
   return t
 

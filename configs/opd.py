@@ -39,5 +39,17 @@ def get_config(arg=None):
       weight_decay=0.0, grad_clip=1.0))
   c.log_every = 10
   c.checkpoint_every = 100
+  c.keep_checkpoints = 2
+  # Device mesh (data, fsdp, tensor); -1 = all remaining devices (caopd_jax.sharding).
+  c.mesh = (1, -1, 1)
+  # Per-token diagnostics diag/... in the train metrics (caopd_jax.diagnostics.token_stats).
+  c.diagnostics = False
+  # Prefixes: "student" (on-policy OPD) or "teacher" (teacher samples with its privileged
+  # context; OPD only) and the entropy-gated length curriculum (caopd_jax.prefixes): the loss
+  # sees max_completion tokens, +increment every `every` steps while held-out mean token
+  # entropy >= h_min (max_len 0 = sampling.max_new_tokens).
+  c.prefix_source = "student"
+  c.curriculum = ml_collections.ConfigDict(dict(enabled=False, start=4, increment=4, max_len=0,
+                                                every=20, h_min=0.5, eval_prompts=32))
   c.eval = common.evaluation()
   return c

@@ -392,3 +392,13 @@ def test_clear_errors(tmp_path, monkeypatch):
     w.write_table(empty)
   with pytest.raises(data.DataFormatError, match="no rows"):
     data.get_source("science", "eval", dd, manual_dir=str(bad))
+
+
+def test_min_digits_restricts_levels():
+  d = arithmetic.generate("add", min_digits=2, max_digits=3, num_train=300, num_test=60, num_ood=20,
+                          ood_digits=1)
+  assert {r["difficulty"] for r in d["train"]} == {2, 3} == {r["difficulty"] for r in d["test"]}
+  assert {r["difficulty"] for r in d["ood"]} == {4}
+  assert arithmetic.make_config("add", min_digits=2).name.endswith("_m2")
+  with pytest.raises(ValueError, match="min_digits"):
+    arithmetic.make_config("add", min_digits=4, max_digits=3)

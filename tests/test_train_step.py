@@ -102,3 +102,22 @@ def test_sft_loss_and_step(setup):
     state, m = step(state, sft_batch)
     losses.append(float(m["train/loss"]))
   assert losses[-1] < 0.5 * losses[0]
+
+
+def test_importance_weights_scale_the_optimised_gradient(setup):
+  """With mu = pi / 2 on every token the truncated weight is min(2, clip): grads scale by it."""
+  graphdef, params, tparams, batch = setup
+  student = nnx.merge(graphdef, params)
+  logits = student(batch["student_tokens"], valid=batch["student_valid"])[:, -C - 1:-1]
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["student_tokens"][:, -C:, None], -1)[..., 0]
+  opt = optax.sgd(1.0)
+  grads = {}
+  for clip, use in ((None, False), (1.5, True), (10.0, True)):
+    step = jax.jit(make_opd_step(graphdef, graphdef, opt, objective="token_sampled",
+                                 hparams={"is_clip": clip}, importance_weights=use))
+    b = dict(batch, behavior_logprobs=logp - jnp.log(2.0))
+    new, _ = step(init_state(params, opt, teacher=tparams), b)
+    grads[clip] = jax.tree.map(lambda a, b: b - a, new.params, params)
+  for g0, g15, g10 in zip(*(jax.tree.leaves(grads[c]) for c in (None, 1.5, 10.0))):
+    np.testing.assert_allclose(g15, 1.5 * g0, atol=1e-6, rtol=1e-4)
+    np.testing.assert_allclose(g10, 2.0 * g0, atol=1e-6, rtol=1e-4)

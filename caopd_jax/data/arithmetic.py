@@ -1,7 +1,9 @@
 """Embedded arithmetic task as a tfds builder (array_record, no TensorFlow needed).
 
-Difficulty d = number of digits (graded 1..max_digits for train/test; max_digits+1 ..
-max_digits+ood_digits for `ood`). Operations (`op`):
+Difficulty d = number of digits (graded min_digits..max_digits for train/test; max_digits+1 ..
+max_digits+ood_digits for `ood`). Level 1 of `add` has only 100 questions (single-digit facts
+that cannot be learned for unseen pairs), so experiments that test generalisation start at
+min_digits=2. Operations (`op`):
 
   add   "a+b"  a, b in [0, 10^d) and max(a, b) has exactly d digits (d = 1: 0..9)
   sub   "a-b"  a has exactly d digits, 0 <= b <= a            (answer never negative)
@@ -45,6 +47,7 @@ class ArithmeticConfig(tfds.core.BuilderConfig):
   """Every field changes the generated data, so every field is encoded in the config name."""
 
   op: str = "add"
+  min_digits: int = 1
   max_digits: int = 3
   ood_digits: int = 2
   seed: int = 0
@@ -53,7 +56,7 @@ class ArithmeticConfig(tfds.core.BuilderConfig):
   num_ood: int = 500
 
 
-DEFAULTS = dict(max_digits=3, ood_digits=2, seed=0, num_train=20000, num_test=1000, num_ood=500)
+DEFAULTS = dict(min_digits=1, max_digits=3, ood_digits=2, seed=0, num_train=20000, num_test=1000, num_ood=500)
 
 
 def make_config(op: str = "add", **kw) -> ArithmeticConfig:
@@ -67,8 +70,8 @@ def make_config(op: str = "add", **kw) -> ArithmeticConfig:
   for k, v in p.items():
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
       raise ValueError(f"arithmetic option {k}={v!r} must be an int.")
-  if p["max_digits"] < 1 or p["ood_digits"] < 0:
-    raise ValueError(f"need max_digits >= 1 and ood_digits >= 0, got {p}.")
+  if not 1 <= p["min_digits"] <= p["max_digits"] or p["ood_digits"] < 0:
+    raise ValueError(f"need 1 <= min_digits <= max_digits and ood_digits >= 0, got {p}.")
   if p["max_digits"] + p["ood_digits"] > MAX_TOTAL_DIGITS:
     raise ValueError(f"max_digits + ood_digits must be <= {MAX_TOTAL_DIGITS}, got {p}.")
   if min(p["num_train"], p["num_test"], p["num_ood"]) < 0 or p["seed"] < 0:
@@ -80,6 +83,8 @@ def make_config(op: str = "add", **kw) -> ArithmeticConfig:
   else:
     name = (f"{op}_d{p['max_digits']}_o{p['ood_digits']}_s{p['seed']}"
             f"_n{p['num_train']}_{p['num_test']}_{p['num_ood']}")
+    if p["min_digits"] != 1:  # names of configs without min_digits stay as they were
+      name += f"_m{p['min_digits']}"
   return ArithmeticConfig(name=name, op=op, description=f"{op} with {p}", **{
       k: int(v) for k, v in p.items()})
 
@@ -154,7 +159,7 @@ def _fmt(op: str, a: int, b: int, d: int) -> dict:
 def generate(op: str = "add", **kw) -> dict[str, list[dict]]:
   """Pure generator behind the builder: {'train'|'test'|'ood': [record, ...]} (ids assigned)."""
   c = make_config(op, **kw)
-  levels = list(range(1, c.max_digits + 1))
+  levels = list(range(c.min_digits, c.max_digits + 1))
   # test: distinct, quota per level capped at half the level's capacity.
   test: list[tuple[int, int, int]] = []
   remaining = c.num_test

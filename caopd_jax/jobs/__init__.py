@@ -7,6 +7,8 @@ JOBS = {
     "caopd_pipeline": "pipeline",
     "sft": "sft",
     "opd": "opd",
+    "evaluate": "evaluate",
+    "real_opd": "real_opd",
 }
 
 

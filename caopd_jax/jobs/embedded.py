@@ -12,7 +12,11 @@ from caopd_jax.prompts import MODES, Templates, auto_widths
 from caopd_jax.sampling import SamplingConfig
 from caopd_jax.tokenizers import load_tokenizer
 
-TEMPLATES = Templates()
+
+
+def templates(task) -> Templates:
+  """The embedded task's templates (the answer's digit order comes from the task config)."""
+  return Templates(answer_order=task.get("answer_order", "msb"))
 
 
 def data_dir(config, workdir):
@@ -21,9 +25,10 @@ def data_dir(config, workdir):
 
 
 def task_kwargs(task):
+  """The data builder's options from config.task."""
   if task.name != "arithmetic":
     raise ValueError(f"The embedded-task jobs run task.name='arithmetic', got {task.name!r}.")
-  return dict(op=task.op, max_digits=task.max_digits, ood_digits=task.ood_digits, seed=task.seed,
+  return dict(op=task.op, min_digits=task.get("min_digits", 1), max_digits=task.max_digits, ood_digits=task.ood_digits, seed=task.seed,
               num_train=task.num_train, num_test=task.num_test, num_ood=task.num_ood)
 
 
@@ -37,9 +42,9 @@ def all_records(srcs):
   return [r for s in srcs.values() for r in s]
 
 
-def widths(tokenizer, records):
+def widths(tokenizer, t: Templates, records):
   """Static prompt widths covering every record of every split (one compile per run)."""
-  per_mode = [auto_widths(tokenizer, TEMPLATES, records, m) for m in MODES]
+  per_mode = [auto_widths(tokenizer, t, records, m) for m in MODES]
   return {k: max(w[k] for w in per_mode) for k in per_mode[0]}
 
 
@@ -63,14 +68,15 @@ def evaluate_model(model_dir: str, config, workdir: str, name: str):
   tokenizer = load_tokenizer(model_dir)
   graphdef, params = nnx.split(load_hf(model_dir))
   srcs = sources(config, workdir)
-  w = widths(tokenizer, all_records(srcs))
+  t = templates(config.task)
+  w = widths(tokenizer, t, all_records(srcs))
   out = {}
   for split in config.eval.splits:
     records = list(srcs[split])
     if config.eval.limit:
       records = records[:config.eval.limit]
     scored = evaluation.generate_and_score(
-        graphdef, params, tokenizer, TEMPLATES, records, widths=w,
+        graphdef, params, tokenizer, t, records, widths=w,
         sampling=sampling_config(config.eval, tokenizer), batch_size=config.eval.batch_size,
         seed=config.eval.seed, desc=f"eval {name}/{split}")
     result = evaluation.metrics(scored)

@@ -9,10 +9,10 @@ import logging
 import os
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from caopd_jax import data
+from caopd_jax import data, distributed
+from caopd_jax import prefixes
 from caopd_jax.iteration import make_iteration
 from caopd_jax.jobs import embedded
 from caopd_jax.models import load_hf, save_hf
@@ -40,32 +40,46 @@ def main(config, workdir):
   tokenizer = load_tokenizer(base)
   graphdef, params = nnx.split(load_hf(base))
   srcs = embedded.sources(config, workdir)
-  widths = embedded.widths(tokenizer, embedded.all_records(srcs))
+  t = embedded.templates(config.task)
+  widths = embedded.widths(tokenizer, t, embedded.all_records(srcs))
   optimizer, schedule = make_optimizer(config.optim, config.steps)
-  teacher = jax.tree.map(jnp.copy, params)  # EMA teacher starts at the base student
-  state = init_state(params, optimizer, teacher=teacher, seed=config.seed)
+  # The EMA teacher starts at the base student (init_state copies it).
+  state = init_state(params, optimizer, teacher=params, seed=config.seed)
   opd_step = make_opd_step(
       graphdef, graphdef, optimizer, schedule, objective=config.objective.name,
       hparams=config.objective.hparams.to_dict(), report=tuple(config.report_objectives),
       compare_estimators=config.compare_estimators, chunk_size=config.chunk_size,
-      ema_alpha=config.ema_alpha)
-  it = make_iteration(graphdef, opd_step, tokenizer, embedded.TEMPLATES,
+      ema_alpha=config.ema_alpha,
+      diagnostics=config.get("diagnostics", False))  # diag/ metrics (caopd_jax.diagnostics)
+  it = make_iteration(graphdef, opd_step, tokenizer, t,
                       num_samples=config.num_samples,
                       sampling=embedded.sampling_config(config.sampling, tokenizer),
                       caopd=config.caopd, mode=config.teacher_context)
+  # prefix_source / curriculum (caopd_jax.prefixes); the defaults leave `it` as it is.
+  it = prefixes.configure(config, it, opd_step, graphdef,
+                          embedded.sampling_config(config.sampling, tokenizer))
   batches = data.BatchIterator(srcs["train"], config.prompts_per_step, seed=config.seed,
                                process_index=jax.process_index(),
                                process_count=jax.process_count())
 
   def get_batch(step):
-    return encode_prompts(tokenizer, embedded.TEMPLATES, batches.batch(step),
+    return encode_prompts(tokenizer, t, batches.batch(step),
                           config.teacher_context, widths)
 
+  if prefixes.curriculum_enabled(config):  # entropy-gated segments; train_loop below then
+    state = prefixes.run_curriculum(      # finds the final checkpoint and returns at once
+        config, workdir, state, it, get_batch, graphdef, srcs["test"],
+        lambda recs: encode_prompts(tokenizer, t, recs, config.teacher_context, widths),
+        embedded.sampling_config(config.sampling, tokenizer), train_loop,
+        log_every=config.log_every, checkpoint_every=config.checkpoint_every,
+        desc="OPD (curriculum)", mesh=config.get("mesh"), keep=config.get("keep_checkpoints", 2))
   state = train_loop(workdir=workdir, state=state, step_fn=it.iteration, get_batch=get_batch,
                      total_steps=config.steps, log_every=config.log_every,
                      checkpoint_every=config.checkpoint_every,
-                     desc="CaOPD" if config.caopd else "OPD")
+                     desc="CaOPD" if config.caopd else "OPD", mesh=config.get("mesh"),
+                     keep=config.get("keep_checkpoints", 2))
   if jax.process_index() == 0:
     save_hf(nnx.merge(graphdef, state.params), model_dir + ".tmp", tokenizer=tokenizer)
     os.replace(model_dir + ".tmp", model_dir)
+  distributed.barrier("export")  # other hosts wait until process 0 has written the model
   return model_dir

@@ -1,0 +1,136 @@
+"""Config arguments, the sweep launcher and the results table.
+
+The end-to-end test runs the smoke config's sweep (2 objectives x 2 learning rates) on the OPD
+stage only, from one shared tiny base (trained for 2 steps), two jobs at a time, and gathers
+one table. The full 4-job pipeline sweep is only printed here (docs/scaling.md shows it run).
+"""
+
+import csv
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from caopd_jax import config_utils
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+from experiments import gather, sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Compile time dominates these runs; XLA's backend optimisation level does not matter here.
+_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def test_parse_arg_types_defaults_and_errors():
+  a = config_utils.parse_arg("lr=1e-3,steps=10,name=x,fast", lr=0.1, steps=1, name="a",
+                             fast=False, other=None)
+  assert (a.lr, a.steps, a.name, a.fast, a.other) == (1e-3, 10, "x", True, None)
+  assert isinstance(a.lr, float) and isinstance(a.steps, int)
+  assert config_utils.parse_arg("fast=no", fast=True).fast is False
+  assert config_utils.parse_arg("other=3", other=None).other == 3  # None default: auto-typed
+  assert config_utils.parse_arg("a=1,a=2", a=0).a == 2  # later wins
+  assert config_utils.parse_arg(None, a=5).a == 5
+  with pytest.raises(ValueError, match="valid"):
+    config_utils.parse_arg("lr=1", steps=1)
+  with pytest.raises(ValueError, match="integer"):
+    config_utils.parse_arg("steps=1.5", steps=1)
+  with pytest.raises(ValueError, match="boolean"):
+    config_utils.parse_arg("fast=maybe", fast=False)
+  assert config_utils.parse_arg("x=1,y=b", lazy=True).to_dict() == {"x": 1, "y": "b"}
+  assert config_utils.merge_args("a=1,b=2", "b=3,c=4") == "a=1,b=3,c=4"
+
+
+def test_smoke_config_args_and_sweep_definition():
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  default = smoke.get_config()
+  assert default.job == "caopd_pipeline" and default.opd.objective.name == "full_forward"
+  c = smoke.get_config("objective=full_reverse,lr=1e-3")
+  assert c.opd.objective.name == c.caopd.objective.name == "full_reverse"
+  assert c.opd.optim.lr == c.caopd.optim.lr == 1e-3
+  s = smoke.get_config("stage=opd,init_from=/m")
+  assert s.job == "opd" and s.init_from == "/m" and s.task.num_train == 400 and not s.caopd
+  with pytest.raises(ValueError, match="stage"):
+    smoke.get_config("stage=nope")
+  jobs = config_utils.sweep_jobs(smoke)
+  assert [j["values"] for j in jobs] == [
+      {"objective": o, "lr": lr} for o in ("full_forward", "full_reverse") for lr in (3e-4, 1e-3)]
+  assert len({j["name"] for j in jobs}) == 4
+
+
+def test_print_gives_one_command_per_job(capsys, tmp_path):
+  assert sweep.main(["--config=configs/smoke.py", f"--workdir={tmp_path}", "--print"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 4
+  assert all(l.startswith("python ") and " --workdir=" in l for l in lines)
+  assert "--config=configs/smoke.py:objective=full_reverse,lr=0.001" in lines[3]
+  assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def _env():
+  env = dict(os.environ)
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=(env.get("XLA_FLAGS", "") + " " + _FAST_XLA).strip())
+  return env
+
+
+@pytest.fixture(scope="module")
+def swept():
+  # Not tmp_path_factory: concurrent pytest sessions rotate (delete) its old directories.
+  with tempfile.TemporaryDirectory(prefix="caopd_sweep_") as d:
+    yield _swept(pathlib.Path(d))
+
+
+def _swept(tmp):
+  data = tmp / "tfds"
+  base = subprocess.run(
+      [sys.executable, "run.py", f"--config=configs/smoke.py:stage=base,data_dir={data}",
+       f"--workdir={tmp / 'base'}", "--config.steps=2"],
+      cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert base.returncode == 0, base.stdout[-3000:] + base.stderr[-3000:]
+  out = tmp / "sweep"
+  proc = subprocess.run(
+      [sys.executable, "experiments/sweep.py",
+       f"--config=configs/smoke.py:stage=opd,init_from={tmp / 'base' / 'model'},data_dir={data}",
+       f"--workdir={out}", "--parallel=2", "--", "--config.steps=2", "--config.log_every=1",
+       "--config.report_objectives=()"],
+      cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+  return out, proc
+
+
+def test_sweep_runs_every_job_and_gathers_one_table(swept):
+  out, proc = swept
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+  jobs = json.loads((out / "sweep.json").read_text())["jobs"]
+  assert len(jobs) == 4
+  for j in jobs:
+    assert (out / j["name"] / "run_complete.json").exists()
+    assert (out / j["name"] / "model" / "config.json").exists()
+  rows = gather.collect(str(out))
+  assert len(rows) == 4 and all(r["status"] == "done" and r["step"] == 2 for r in rows)
+  by = {(r["objective"], r["lr"]): r for r in rows}
+  assert set(by) == {(o, lr) for o in ("full_forward", "full_reverse") for lr in (3e-4, 1e-3)}
+  for o in ("full_forward", "full_reverse"):  # the learning rate reached the optimizer
+    ratio = by[(o, 1e-3)]["train/lr"] / by[(o, 3e-4)]["train/lr"]
+    assert abs(ratio - 1e-3 / 3e-4) < 1e-3
+  # and so did the objective (different losses on the same rollouts)
+  assert by[("full_forward", 3e-4)]["train/loss"] != by[("full_reverse", 3e-4)]["train/loss"]
+  md = gather.table(rows)
+  assert md == proc.stdout.strip().split("\n\n")[-1].strip()  # the launcher printed it
+  header = md.splitlines()[0]
+  assert header.startswith("| job | objective | lr | stage | status |") and "train/loss" in header
+  assert len(md.splitlines()) == 2 + 4
+  table = list(csv.DictReader(io.StringIO(gather.table(rows, fmt="csv"))))
+  assert len(table) == 4 and {t["objective"] for t in table} == {"full_forward", "full_reverse"}
+
+
+def test_gather_cli_writes_csv(swept):
+  out, _ = swept
+  res = subprocess.run([sys.executable, "experiments/gather.py", str(out), "--csv",
+                        f"--out={out / 'table.csv'}"], cwd=_ROOT, capture_output=True, text=True)
+  assert res.returncode == 0, res.stderr
+  lines = (out / "table.csv").read_text().strip().splitlines()
+  assert len(lines) == 5 and lines[0].startswith("job,objective,lr,stage,status,step,")

@@ -1,0 +1,67 @@
+"""Tokenizers: round trips, greedy pieces, the HF wrapper on a locally trained BPE."""
+
+import json
+
+import numpy as np
+import pytest
+
+from caopd_jax.prompts import Templates
+from caopd_jax.tokenizers import CharTokenizer, HFTokenizer, load_tokenizer, pad_left, pad_right
+
+
+def test_char_round_trip_and_specials():
+  tok = CharTokenizer()
+  text = "Q: 37+85\nConfidence: 0.62"
+  ids = tok.encode(text, add_bos=True)
+  assert ids[0] == tok.bos_id and len(ids) == len(text) + 1
+  assert tok.decode(ids) == text
+  assert tok.decode(ids + [tok.eos_id], skip_special=False) == "<bos>" + text + "<eos>"
+  with pytest.raises(ValueError, match="not in the CharTokenizer alphabet"):
+    tok.encode("é")
+  with pytest.raises(ValueError, match="outside"):
+    tok.decode([tok.vocab_size])
+
+
+def test_pieces_are_greedy_longest_first_and_round_trip(tmp_path):
+  tok = CharTokenizer(pieces=("ab", "abc", "\nConfidence: "))
+  ids = tok.encode("abcab\nConfidence: 1")
+  assert [tok.decode([i]) for i in ids] == ["abc", "ab", "\nConfidence: ", "1"]
+  tok.save(str(tmp_path))
+  again = load_tokenizer(str(tmp_path))
+  assert again.encode("abcab") == tok.encode("abcab") and again.vocab_size == tok.vocab_size
+  t = Templates()
+  tok = CharTokenizer(pieces=t.pieces())
+  s = t.student.format(question="12+7") + t.response.format(answer="19", confidence="0.50")
+  assert tok.decode(tok.encode(s)) == s and len(tok.encode(s)) == 1 + 4 + 1 + 2 + 1 + 4
+
+
+def test_padding_helpers():
+  ids, valid = pad_left([[5, 6, 7], [8]], 2, 0)
+  np.testing.assert_array_equal(ids, [[6, 7], [0, 8]])
+  np.testing.assert_array_equal(valid, [[True, True], [False, True]])
+  ids, valid = pad_right([[5, 6, 7], [8]], 4, 0)
+  np.testing.assert_array_equal(ids, [[5, 6, 7, 0], [8, 0, 0, 0]])
+
+
+def test_hf_tokenizer_wrapper(tmp_path):
+  tokenizers = pytest.importorskip("tokenizers")
+  import transformers
+  bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+  bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<|im_end|>"],
+                                           initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  bpe.train_from_iterator(["Confidence: 0.75", "The answer is <answer>B</answer>"] * 20, trainer)
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=bpe, eos_token="<|im_end|>", unk_token="<unk>",
+      chat_template="{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<|im_end|>{% endfor %}"
+                    "{% if add_generation_prompt %}<assistant>{% endif %}")
+  fast.save_pretrained(str(tmp_path))
+  tok = load_tokenizer(str(tmp_path))
+  assert isinstance(tok, HFTokenizer) and tok.pad_id == tok.eos_id
+  assert tok.decode(tok.encode("Confidence: 0.75")) == "Confidence: 0.75"
+  text = tok.apply_chat_template([{"role": "user", "content": "hi"}])
+  assert text == "<user>hi<|im_end|><assistant>"
+  assert tok.eos_id in tok.special_ids
+  with pytest.raises(FileNotFoundError):
+    HFTokenizer(str(tmp_path / "missing"))
