@@ -141,6 +141,8 @@ def make_iteration(graphdef, opd_step, tokenizer, templates, *, num_samples: int
         "teacher_valid": jnp.concatenate([rep(ctx_valid), comp_valid], axis=1),
         "completion_mask": comp_valid,
     }
+    if not caopd:  # the sampler's log-probs, for optional importance weights (train_step)
+      batch["behavior_logprobs"] = _pad_to(samples.logprobs, comp.shape[1], 0.0)
     metrics["rollout/accuracy"] = jnp.mean(correct.astype(jnp.float32))
     metrics["rollout/p_acc_std"] = jnp.std(p_acc)
     metrics["rollout/length"] = jnp.mean(samples.lengths.astype(jnp.float32))

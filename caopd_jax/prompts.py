@@ -33,6 +33,24 @@ class Templates:
   # transformers learn addition quickly (Lee et al. 2023, "Teaching arithmetic to small
   # transformers"); "msb": as usual.
   answer_order: str = "msb"
+  # Zero-pad both operands of "a+b" to the same width ("37+05"), so a digit's position in the
+  # question depends only on the difficulty level, not on the other operand's length.
+  pad_operands: bool = False
+
+  def written_question(self, question: str) -> str:
+    """The question as it appears in prompts."""
+    if not self.pad_operands:
+      return question
+    ops = [c for c in question if not c.isdigit()]
+    if len(ops) != 1:
+      raise ValueError(f"pad_operands needs a binary question like '37+5', got {question!r}.")
+    a, b = question.split(ops[0])
+    width = max(len(a), len(b))
+    return a.zfill(width) + ops[0] + b.zfill(width)
+
+  def head_text(self, mode: str, question: str) -> str:
+    """The teacher context up to its demonstration / solution."""
+    return self.head(mode).format(question=self.written_question(question))
 
   def written(self, answer: str) -> str:
     """The answer as it appears in responses and demonstrations."""
@@ -78,7 +96,7 @@ def _check(mode):
 
 
 def student_text(t: Templates, question: str) -> str:
-  return t.student.format(question=question)
+  return t.student.format(question=t.written_question(question))
 
 
 def response_text(t: Templates, answer: str, confidence: str) -> str:
@@ -89,7 +107,7 @@ def teacher_text(t: Templates, mode: str, question: str, solution: str, confiden
                  note: bool) -> str:
   """The full teacher context string (what the in-graph assembly produces, gaps removed);
   `solution` as written (see Templates.written)."""
-  out = t.head(mode).format(question=question) + solution + t.confidence_prefix + confidence
+  out = t.head_text(mode, question) + solution + t.confidence_prefix + confidence
   if note:
     out += t.note.format(confidence=confidence)
   return out + t.tail(mode)
@@ -108,7 +126,7 @@ def encode_prompts(tokenizer, t: Templates, records, mode: str, widths):
   out["student_prompt"], out["student_valid"] = pad_left(
       [enc(student_text(t, r["question"])) for r in records], widths["student"], tokenizer.pad_id)
   out["head"], out["head_valid"] = pad_left(
-      [enc(t.head(mode).format(question=r["question"])) for r in records], widths["head"],
+      [enc(t.head_text(mode, r["question"])) for r in records], widths["head"],
       tokenizer.pad_id)
   out["demo"], out["demo_valid"] = pad_right([enc(t.written(r["answer"])) for r in records], widths["demo"],
                                              tokenizer.pad_id)
@@ -135,7 +153,7 @@ def auto_widths(tokenizer, t: Templates, records, mode: str, round_to: int = 8):
   enc = lambda s: len(tokenizer.encode(s))
   return {
       "student": up(max(enc(student_text(t, r["question"])) for r in records)),
-      "head": up(max(enc(t.head(mode).format(question=r["question"])) for r in records)),
+      "head": up(max(enc(t.head_text(mode, r["question"])) for r in records)),
       "demo": up(max(enc(t.written(r["answer"])) for r in records)),
       "target": up(max(enc(t.written(r["answer"]) + t.answer_end) for r in records)),
   }

@@ -16,7 +16,7 @@ def get_config(arg=None):
   c.data_dir = ""  # '' -> WORKDIR/tfds
   c.task = common.task()
   c.model = common.model()
-  c.steps = 1000
+  c.steps = 1500
   c.batch_size = 64
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=3e-3, schedule="cosine", warmup_frac=0.05, b1=0.9, b2=0.98,
@@ -24,7 +24,7 @@ def get_config(arg=None):
   # Format mix (student, demo, correct_solution), the base's stated confidence per difficulty
   # level from task.min_digits up (its "habit"), the note probability in teacher-format
   # examples, K for the confidence grid.
-  c.mix = (0.5, 0.25, 0.25)
+  c.mix = (0.6, 0.2, 0.2)
   c.habit = (0.88, 0.62)
   c.note_prob = 0.5
   c.num_samples = 8

@@ -8,7 +8,8 @@ def task(**overrides):
   t = ml_collections.ConfigDict(dict(
       name="arithmetic", op="add", min_digits=2, max_digits=3, ood_digits=1, seed=0,
       num_train=20000, num_test=1000, num_ood=500,
-      answer_order="lsb"))  # least-significant digit first (see prompts.Templates)
+      answer_order="lsb",  # answers least-significant digit first (prompts.Templates)
+      pad_operands=True))  # "37+05": operands zero-padded to the same width
   t.update(overrides)
   return t
 

@@ -32,8 +32,15 @@ def get_config(arg=None):
       hparams=ml_collections.ConfigDict(dict(reduction="sequence_mean", skip_first=0))))
   c.report_objectives = ("full_reverse", "token_sampled")
   c.compare_estimators = False
+  # Truncated importance weights min(pi/mu, objective.hparams.is_clip) from the sampler's
+  # log-probs (matters with temperature/top-k/top-p sampling); OPD only.
+  c.importance_weights = False
   c.chunk_size = 64
-  c.ema_alpha = 0.01
+  # EMA teacher: teacher <- (1 - a) teacher + a student after each step (ref_model_mixup_alpha).
+  # The paper uses 0.01 (configs/paper/); on this 0.8M-parameter toy 0.01 lets the student's
+  # drift reach the teacher within ~100 steps and it stops copying the demonstration's
+  # confidence digits; 0.001 keeps the teacher near the base (README, 'CaOPD findings').
+  c.ema_alpha = 0.001
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=3e-4, schedule="cosine", warmup_frac=0.1, b1=0.9, b2=0.999,
       weight_decay=0.0, grad_clip=1.0))

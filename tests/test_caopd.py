@@ -105,6 +105,8 @@ def test_batch_student_and_teacher_text(caopd):
     assert teacher == ctx + completion
     assert ("empirical confidence for this question is " + p_acc in teacher) == caopd
   np.testing.assert_allclose(metrics["rollout/accuracy"], 2 / 8)
+  # Sampler log-probs travel with unmodified (OPD) completions only: CaOPD edits them.
+  assert ("behavior_logprobs" in batch) == (not caopd)
 
 
 def test_correct_solution_uses_a_verified_rollout_else_the_demo():

@@ -74,19 +74,22 @@ def test_llama3_rope_scaling_matches_hf(tmp_path):
 
 def test_left_padding_and_cache_match_unpadded(checkpoints):
   model = load_hf(checkpoints["qwen3", False][1])
+  # Jitted (op-by-op eager calls of the model cost seconds of tiny compiles per shape).
+  forward = nnx.jit(lambda m, x, v: m(x, valid=v))
+  step = nnx.jit(lambda m, x, v, c: (lambda h, c: (m.logits(h), c))(*m.hidden(x, valid=v, cache=c)))
   ids = _ids(b=1, t=9)
-  ref = np.asarray(model(jnp.asarray(ids)))
+  ref = np.asarray(forward(model, jnp.asarray(ids), jnp.ones(ids.shape, bool)))
   padded = np.concatenate([np.zeros((1, 4), np.int32), ids], 1)
   valid = np.arange(13)[None] >= 4
-  out = np.asarray(model(jnp.asarray(padded), valid=jnp.asarray(valid)))
+  out = np.asarray(forward(model, jnp.asarray(padded), jnp.asarray(valid)))
   np.testing.assert_allclose(out[:, 4:], ref, atol=1e-5)
   # Prefill 6 tokens into the cache, then decode the rest one at a time.
   cache = init_cache(model.cfg, 1, 13)
-  h, cache = model.hidden(jnp.asarray(padded[:, :10]), valid=jnp.asarray(valid[:, :10]), cache=cache)
-  steps = [np.asarray(model.logits(h))[:, -1]]
+  logits, cache = step(model, jnp.asarray(padded[:, :10]), jnp.asarray(valid[:, :10]), cache)
+  steps = [np.asarray(logits)[:, -1]]
   for t in range(10, 13):
-    h, cache = model.hidden(jnp.asarray(padded[:, t:t + 1]), cache=cache)
-    steps.append(np.asarray(model.logits(h))[:, 0])
+    logits, cache = step(model, jnp.asarray(padded[:, t:t + 1]), jnp.ones((1, 1), bool), cache)
+    steps.append(np.asarray(logits)[:, 0])
   np.testing.assert_allclose(np.stack(steps, 1), ref[:, 5:], atol=1e-5)
 
 

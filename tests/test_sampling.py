@@ -147,3 +147,73 @@ def test_p_acc_is_fraction_of_verified_rollouts(tiny):
   assert set(np.round(np.asarray(r.p_acc) * k, 6)) <= set(range(k + 1))
   # Rollouts of the same prompt differ (independent keys per row).
   assert len({tuple(t) for t in np.asarray(r.samples.tokens)[:k]}) > 1
+
+
+def nucleus_by_definition(logits, top_p):
+  """float64 reference: keep v iff the mass of tokens with strictly larger logits is < top_p."""
+  z = logits.astype(np.float64)
+  p = np.exp(z - z.max())
+  p /= p.sum()
+  order = np.argsort(-z, kind="stable")
+  zs, cum = z[order], np.concatenate([[0.0], np.cumsum(p[order])])
+  first = np.searchsorted(-zs, -zs, side="left")  # first sorted index with an equal logit
+  keep = np.zeros(len(z), bool)
+  keep[order] = cum[first] < top_p
+  return keep
+
+
+def _nucleus_cases(vocab=1024):
+  rs = np.random.RandomState(0)
+  rows = [rs.normal(0, s, vocab) for s in (0.01, 0.05, 0.3)]  # near-uniform
+  rows += [rs.normal(0, s, vocab) for s in (3.0, 8.0)]  # peaked
+  rows.append(np.where(np.arange(vocab) < 3, 12.0, rs.normal(0, 1, vocab)))  # 3 dominant tokens
+  rows.append(np.round(rs.normal(0, 1, vocab), 1))  # many exact ties
+  # Near-ties at the boundary: most of the mass on logits one float32 ulp apart near 1e-3, next
+  # to a range of 4 (a float bisection of [min, max] with 32 halvings cannot separate them).
+  rows.append(np.concatenate([[2.0, -2.0], 1e-3 + np.arange(vocab - 2) * 1.2e-10]))
+  return np.stack(rows).astype(np.float32)
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.97])
+def test_nucleus_exact_on_peaked_uniform_and_near_tie_rows(top_p):
+  rows = _nucleus_cases()
+  cfg = SamplingConfig(max_new_tokens=1, top_p=top_p)
+  keep = np.asarray(jax.jit(lambda l: jnp.isfinite(truncate_logits(l, cfg)))(jnp.asarray(rows)))
+  for r, row in enumerate(rows):
+    ref = nucleus_by_definition(row, top_p)
+    # Tokens whose strictly-above mass is within float32 rounding of top_p are ambiguous.
+    z = row.astype(np.float64)
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    above = np.array([p[z > v].sum() for v in z])
+    clear = np.abs(above - top_p) > 1e-5
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(keep[r][clear], ref[clear], err_msg=f"row {r}")
+
+
+@pytest.mark.parametrize("scale", [0.05, 4.0])
+def test_top_p_sampling_frequencies_large_vocab(scale):
+  logits = np.random.RandomState(1).normal(0, scale, 512).astype(np.float32)
+  cfg = SamplingConfig(max_new_tokens=1, top_p=0.8)
+  tok, logp, _ = draw(cfg, n=60000, logits=logits)
+  keep = nucleus_by_definition(logits, 0.8)
+  z = logits.astype(np.float64)
+  probs = np.where(keep, np.exp(z - z.max()), 0.0)
+  probs /= probs.sum()
+  counts = np.bincount(tok, minlength=512)
+  assert counts[~keep].sum() == 0
+  np.testing.assert_allclose(logp, np.log(probs[tok]), atol=1e-5)
+  # Pool tokens into 16 bins of similar probability so the chi-square test has power.
+  bins = np.digitize(np.cumsum(probs), np.linspace(0, 1, 17)[1:-1])
+  obs = np.bincount(bins, weights=counts, minlength=16)
+  exp = np.bincount(bins, weights=probs, minlength=16) * counts.sum()
+  assert stats.chisquare(obs[exp > 0], exp[exp > 0]).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("top_k", [1, 7, 50, 511])
+def test_top_k_exact_with_ties_large_vocab(top_k):
+  rows = _nucleus_cases(vocab=512)
+  cfg = SamplingConfig(max_new_tokens=1, top_k=top_k)
+  keep = np.asarray(jax.jit(lambda l: jnp.isfinite(truncate_logits(l, cfg)))(jnp.asarray(rows)))
+  for r, row in enumerate(rows):
+    kth = np.sort(row)[::-1][top_k - 1]
+    np.testing.assert_array_equal(keep[r], row >= kth, err_msg=f"row {r}")

@@ -4,6 +4,7 @@ evaluation of a saved model."""
 import os
 
 import jax
+import numpy as np
 from flax import nnx
 
 from caopd_jax import data, evaluation, plots
@@ -16,7 +17,8 @@ from caopd_jax.tokenizers import load_tokenizer
 
 def templates(task) -> Templates:
   """The embedded task's templates (the answer's digit order comes from the task config)."""
-  return Templates(answer_order=task.get("answer_order", "msb"))
+  return Templates(answer_order=task.get("answer_order", "msb"),
+                   pad_operands=task.get("pad_operands", False))
 
 
 def data_dir(config, workdir):
@@ -24,18 +26,51 @@ def data_dir(config, workdir):
   return config.data_dir or data.data_dir_for(workdir)
 
 
-def task_kwargs(task):
-  """The data builder's options from config.task."""
+def task_ops(task):
+  """config.task.op: one operation ("add") or a comma-separated mixture ("add,sub")."""
+  return tuple(op.strip() for op in task.op.split(","))
+
+
+def task_kwargs(task, op=None):
+  """The data builder's options from config.task (for one of its ops)."""
   if task.name != "arithmetic":
     raise ValueError(f"The embedded-task jobs run task.name='arithmetic', got {task.name!r}.")
-  return dict(op=task.op, min_digits=task.get("min_digits", 1), max_digits=task.max_digits, ood_digits=task.ood_digits, seed=task.seed,
+  return dict(op=op or task_ops(task)[0], min_digits=task.get("min_digits", 1),
+              max_digits=task.max_digits, ood_digits=task.ood_digits, seed=task.seed,
               num_train=task.num_train, num_test=task.num_test, num_ood=task.num_ood)
 
 
+class Mixture:
+  """Random-access concatenation of sources (a multi-op task), for data.BatchIterator."""
+
+  def __init__(self, sources):
+    self.sources = list(sources)
+    self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+
+  def __len__(self):
+    return int(self.offsets[-1])
+
+  def __getitem__(self, i):
+    k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+    return self.sources[k][int(i - self.offsets[k])]
+
+  def __getitems__(self, indices):
+    return [self[i] for i in indices]
+
+  def __iter__(self):
+    for s in self.sources:
+      yield from s
+
+
 def sources(config, workdir, splits=("train", "test", "ood")):
+  """{split: source} of config.task; a multi-op task concatenates its ops' splits."""
   d = data_dir(config, workdir)
-  kw = task_kwargs(config.task)
-  return {s: data.get_source("arithmetic", s, d, **kw) for s in splits}
+  ops = task_ops(config.task)
+  per_op = {op: {s: data.get_source("arithmetic", s, d, **task_kwargs(config.task, op))
+                 for s in splits} for op in ops}
+  if len(ops) == 1:
+    return per_op[ops[0]]
+  return {s: Mixture([per_op[op][s] for op in ops]) for s in splits}
 
 
 def all_records(srcs):

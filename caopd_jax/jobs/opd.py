@@ -36,6 +36,9 @@ def main(config, workdir):
   if os.path.exists(os.path.join(model_dir, "config.json")):
     logging.info("Already trained: %s", model_dir)
     return model_dir
+  if config.caopd and config.importance_weights:
+    raise ValueError("importance_weights=True is undefined for CaOPD: its completions are "
+                     "modified after sampling (the reference applies no importance weights).")
   base = init_dir(config, workdir)
   tokenizer = load_tokenizer(base)
   graphdef, params = nnx.split(load_hf(base))
@@ -49,7 +52,7 @@ def main(config, workdir):
       graphdef, graphdef, optimizer, schedule, objective=config.objective.name,
       hparams=config.objective.hparams.to_dict(), report=tuple(config.report_objectives),
       compare_estimators=config.compare_estimators, chunk_size=config.chunk_size,
-      ema_alpha=config.ema_alpha,
+      ema_alpha=config.ema_alpha, importance_weights=config.importance_weights,
       diagnostics=config.get("diagnostics", False))  # diag/ metrics (caopd_jax.diagnostics)
   it = make_iteration(graphdef, opd_step, tokenizer, t,
                       num_samples=config.num_samples,

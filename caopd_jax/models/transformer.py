@@ -5,7 +5,8 @@ Attention is grouped-query with rotary embeddings (Su et al. 2021, "half-rotatio
 HF transformers). Parameters are float32; matmuls run in `cfg.dtype`; norms, softmax and logits
 are float32. Every parameter carries `logical_axes` metadata for `caopd_jax.sharding`.
 
-Cache: a pytree `{"k": [L x [B,S,Hkv,Dh]], "v": ..., "valid": bool[B,S], "index": int32[]}`;
+Cache: a pytree `{"k": [L x [B,Hkv,Dh,S]], "v": [L x [B,Hkv,S,Dh]], "valid": bool[B,S],
+"index": int32[]}` (keys transposed so that decode attention needs no transpose of the cache);
 `index` is the next slot to write (the same for every row: batches are left-padded).
 """
 
@@ -62,11 +63,27 @@ def rope_inv_freq(cfg: ModelConfig):
   return jnp.where(medium, smoothed, scaled)
 
 
-def apply_rope(x, positions, inv_freq):
-  """x: [B, T, H, Dh]; positions: int [B, T]."""
+def rope_tables(positions, inv_freq):
+  """(cos, sin), each float32 [B, T, 1, Dh/2], for positions int [B, T]."""
   angles = positions.astype(_F32)[..., None] * inv_freq  # [B, T, Dh/2]
-  cos = jnp.cos(angles)[:, :, None, :]
-  sin = jnp.sin(angles)[:, :, None, :]
+  return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+
+
+def _cached_rope_tables(positions, inv_freq, length: int):
+  """rope_tables for positions in [0, length), gathered from a table over arange(length).
+
+  XLA fuses cos/sin into each consumer and so recomputes them for every head of q and k in every
+  layer; the table depends only on static values, so it is built once (outside decode loops) and
+  the per-step work is a cheap gather.
+  """
+  angles = jnp.arange(length, dtype=_F32)[:, None] * inv_freq
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  return cos[positions][:, :, None, :], sin[positions][:, :, None, :]
+
+
+def apply_rope(x, positions, inv_freq, tables=None):
+  """x: [B, T, H, Dh]; positions: int [B, T]; `tables` = rope_tables(positions, inv_freq)."""
+  cos, sin = rope_tables(positions, inv_freq) if tables is None else tables
   x32 = x.astype(_F32)
   x1, x2 = jnp.split(x32, 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -89,9 +106,14 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(dh, cfg.rms_norm_eps, rngs=rngs)
       self.k_norm = RMSNorm(dh, cfg.rms_norm_eps, rngs=rngs)
 
-  def __call__(self, x, positions, inv_freq, mask, kv_cache=None, index=None):
-    """x: [B,T,D]; mask: bool [B,T,S]. Returns (out [B,T,D], (k_all, v_all))."""
+  def __call__(self, x, rope, mask, kv_cache=None, index=None):
+    """x: [B,T,D]; rope: rope_tables(...); mask: bool [B,T,S].
+
+    Returns (out [B,T,D], (k_all [B,Hkv,Dh,S], v_all [B,Hkv,S,Dh])), the cache layout.
+    """
     cfg, dt = self.cfg, x.dtype
+    b, t, _ = x.shape
+    h, n, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
     k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
     v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
@@ -99,20 +121,28 @@ class Attention(nnx.Module):
       q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
-    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    q, k = apply_rope(q, None, None, rope), apply_rope(k, None, None, rope)
+    # Keys are kept transposed, [B, Hkv, Dh, S], values as [B, Hkv, S, Dh]: then q.K and p.V are
+    # plain batched matmuls over (B, Hkv) and a decode step transposes nothing of the cache.
+    k, v = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
     if kv_cache is not None:
       ck, cv = kv_cache
-      k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=1)
-    b, t = q.shape[:2]
-    g = cfg.num_heads // cfg.num_kv_heads
-    q = q.reshape(b, t, cfg.num_kv_heads, g, cfg.head_dim)
-    scores = jnp.einsum("btngk,bsnk->bngts", q, k.astype(dt), preferred_element_type=_F32)
-    scores = scores / math.sqrt(cfg.head_dim)
+      k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), index, axis=3)
+      v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=2)
+    q = q.reshape(b, t, n, h // n, dh).transpose(0, 2, 3, 1, 4)  # [B, Hkv, G, T, Dh]
+    scores = jnp.einsum("bngtk,bnks->bngts", q, k.astype(dt), preferred_element_type=_F32)
+    scores = scores / math.sqrt(dh)
     scores = jnp.where(mask[:, None, None], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bngts,bsnk->btngk", probs, v.astype(dt))
-    out = out.reshape(b, t, cfg.num_heads, cfg.head_dim)
+    # Softmax with the normalisation applied after p.V (on [.., Dh] instead of [.., S]); exp once.
+    e = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+    denom = jnp.sum(e, axis=-1)  # [B, Hkv, G, T]
+    if t == 1:  # decode: a broadcast-multiply-reduce beats XLA's choice of dot layout here
+      out = jnp.sum(e[:, :, :, 0, :, None] * v.astype(_F32)[:, :, None], axis=3) / denom
+      out = out.astype(dt)[:, None]  # [B, 1, Hkv, G, Dh]
+    else:
+      out = jnp.einsum("bngts,bnsk->bngtk", e.astype(dt), v.astype(dt), preferred_element_type=_F32)
+      out = (out / denom[..., None]).astype(dt).transpose(0, 3, 1, 2, 4)  # [B, T, Hkv, G, Dh]
+    out = out.reshape(b, t, h, dh)
     return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), (k, v)
 
 
@@ -138,19 +168,19 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, inv_freq, mask, kv_cache=None, index=None):
-    a, kv = self.attn(self.attn_norm(x), positions, inv_freq, mask, kv_cache, index)
+  def __call__(self, x, rope, mask, kv_cache=None, index=None):
+    a, kv = self.attn(self.attn_norm(x), rope, mask, kv_cache, index)
     x = x + a
     return x + self.mlp(self.mlp_norm(x)), kv
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None):
-  """An empty KV cache with `length` slots per row."""
+  """An empty KV cache with `length` slots per row (keys [B,Hkv,Dh,S], values [B,Hkv,S,Dh])."""
   dtype = dtype or cfg.compute_dtype
-  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  kv, dh = cfg.num_kv_heads, cfg.head_dim
   return {
-      "k": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
-      "v": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+      "k": [jnp.zeros((batch, kv, dh, length), dtype) for _ in range(cfg.num_layers)],
+      "v": [jnp.zeros((batch, kv, length, dh), dtype) for _ in range(cfg.num_layers)],
       "valid": jnp.zeros((batch, length), bool),
       "index": jnp.zeros((), jnp.int32),
   }
@@ -175,9 +205,6 @@ class Transformer(nnx.Module):
     cfg = self.cfg
     b, t = tokens.shape
     valid = jnp.ones((b, t), bool) if valid is None else valid.astype(bool)
-    if positions is None:
-      start = 0 if cache is None else jnp.sum(cache["valid"], axis=-1, keepdims=True)
-      positions = start + jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
     if cache is None:
       kv_valid, index, q_slot = valid, None, jnp.arange(t)
     else:
@@ -186,12 +213,19 @@ class Transformer(nnx.Module):
       q_slot = index + jnp.arange(t)
     k_slot = jnp.arange(kv_valid.shape[1])
     mask = (k_slot[None, None, :] <= q_slot[None, :, None]) & kv_valid[:, None, :]
-    inv_freq = rope_inv_freq(cfg)
+    if positions is None and cache is not None:  # then 0 <= positions < cache length
+      start = jnp.sum(cache["valid"], axis=-1, keepdims=True, dtype=jnp.int32)
+      positions = start + jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+      rope = _cached_rope_tables(positions, rope_inv_freq(cfg), cache["valid"].shape[1])
+    else:
+      if positions is None:
+        positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+      rope = rope_tables(positions, rope_inv_freq(cfg))  # shared by all layers
     x = self.embed[...][tokens].astype(cfg.compute_dtype)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
-      x, (k, v) = layer(x, positions, inv_freq, mask, layer_cache, index)
+      x, (k, v) = layer(x, rope, mask, layer_cache, index)
       new_k.append(k)
       new_v.append(v)
     h = self.final_norm(x)
