@@ -14,12 +14,11 @@ import pytest
 from caopd_jax import data
 from caopd_jax.data import arithmetic
 
+from shared_eval import EVAL_DIR as SHARED_EVAL, FOUND, REASON  # pylint: disable=g-bad-import-order
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_EVAL = os.environ.get(
-    "CAOPD_DATA_DIR", os.path.join(os.path.dirname(REPO), "shared", "data", "caopd_eval"))
-needs_shared = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(SHARED_EVAL, "science_data")),
-    reason=f"shared eval data not found at {SHARED_EVAL} (set CAOPD_DATA_DIR to its folder)")
+
+needs_shared = pytest.mark.skipif(not FOUND, reason=REASON)
 
 SMALL = dict(num_train=3000, num_test=300, num_ood=100)  # fast to prepare
 

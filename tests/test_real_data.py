@@ -27,10 +27,9 @@ from caopd_jax.teachers import VocabularyMismatch, check_compatible, make_teache
 from caopd_jax.tokenizers import load_tokenizer, pad_right
 from configs.paper import common, evaluate as evaluate_config, qwen3_science
 
-EVAL_DIR = "/work/shared/data/caopd_eval"
-pytestmark = pytest.mark.skipif(
-    not all(os.path.isdir(os.path.join(EVAL_DIR, t)) for t in ("science_data", "tooluse_data")),
-    reason=f"the public CaOPD eval splits are not at {EVAL_DIR} (shared/data/caopd_eval)")
+from shared_eval import EVAL_DIR, FOUND, REASON  # pylint: disable=g-bad-import-order
+
+pytestmark = pytest.mark.skipif(not FOUND, reason=REASON)
 
 QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
                 r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")

@@ -8,7 +8,7 @@ import pytest
 
 from caopd_jax import verifiers as V
 
-EVAL_DIR = "/work/shared/data/caopd_eval"
+from shared_eval import EVAL_DIR  # pylint: disable=g-bad-import-order
 
 # ------------------------------------------------------------------------------------------
 # MCQ
