@@ -12,6 +12,9 @@ after one untimed warm-up call each; medians over `--repeats`. Reported:
   e2e tokens/s     = batch * 64 / t(64)
   decode tokens/s  = batch * 63 / (t(64) - t(1))  (prefill and first token subtracted)
   compile s        = ours: jit lower + compile; HF / Tunix: first call minus median call
+The `matmuls only (floor)` row (`MatmulFloor`) times the decode step's weight matmuls alone on
+the same weights, and the last lines print HF's decode step over that floor: the best ratio any
+XLA decode step of this model could reach on this machine.
 A second call of ours with the same shapes (new key, new prompt values) must not recompile:
 `sample._cache_size()` before/after and the number of compilations `jax.log_compiles` reports.
 
@@ -108,6 +111,45 @@ class HF:
                                 pad_token_id=0, **self.kw)
     assert out.shape == (self.ids.shape[0], self.ids.shape[1] + n), out.shape
     return out[:, self.ids.shape[1]:].numpy()
+
+
+class MatmulFloor:
+  """The decode step's weight matmuls alone: a lower bound on any XLA decode step.
+
+  Per step, for a [batch, D] activation: each layer's q, k, v, o, gate, up and down projections
+  (the loaded weights, in the model's order, each layer fed by the previous one), then the
+  vocabulary projection; no attention over the cache, norms, RoPE or sampling. The k / v results
+  and the logits are kept alive by a sum and a max (small reductions, so the figure is a slight
+  over-estimate of the floor). `(n)` runs n - 1 such steps in one jitted `fori_loop`, so the
+  table's decode columns give the floor per step.
+  """
+  name = "matmuls only (floor)"
+
+  def __init__(self, path, prompt, top_p, greedy=False):
+    del top_p, greedy
+    state = nnx.split(load_hf(path))[1].to_pure_dict()
+    d = CONFIG["hidden_size"]
+    flat = lambda w, lead: w.reshape(d, -1) if lead else w.reshape(-1, d)
+    self.layers = [(flat(l["attn"]["q"], 1), flat(l["attn"]["k"], 1), flat(l["attn"]["v"], 1),
+                    flat(l["attn"]["o"], 0), l["mlp"]["gate"], l["mlp"]["up"], l["mlp"]["down"])
+                   for _, l in sorted(state["layers"].items())]
+    self.head = state["lm_head"]
+    self.x = jnp.asarray(np.random.RandomState(1).randn(prompt.shape[0], d), jnp.float32)
+    self.run = jax.jit(self._run, static_argnums=0)
+
+  @staticmethod
+  def _run(steps, layers, head, x):
+    def body(_, x):
+      for q, k, v, o, gate, up, down in layers:
+        kv = jnp.sum(x @ k, -1, keepdims=True) + jnp.sum(x @ v, -1, keepdims=True)
+        x = x + (x @ q) @ o + 1e-6 * kv
+        x = x + (jax.nn.silu(x @ gate) * (x @ up)) @ down
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6)  # keeps x bounded
+      return x + 1e-6 * jnp.max(x @ head, -1, keepdims=True)
+    return jax.lax.fori_loop(0, steps, body, x)
+
+  def __call__(self, n):
+    return np.asarray(self.run(n - 1, self.layers, self.head, self.x))
 
 
 def import_tunix():
@@ -210,8 +252,8 @@ def main():
           f"{n_params / 1e6:.2f}M params (float32); batch {b}, prompt {a.prompt}, {n} new "
           f"tokens, top_p {a.top_p}, median of {a.repeats} interleaved repeats")
     samplers, skipped, compile_s = {}, {}, {}
-    for cls, greedy, off in [(Ours, False, False), (Ours, True, False), (HF, False, a.no_hf),
-                             (Tunix, False, a.no_tunix)]:
+    for cls, greedy, off in [(Ours, False, False), (Ours, True, False), (MatmulFloor, False, False),
+                             (HF, False, a.no_hf), (Tunix, False, a.no_tunix)]:
       if off:
         skipped[cls.name] = "skipped: disabled by flag"
         continue
@@ -275,8 +317,19 @@ def main():
       r1, r2 = f"{e2e / hf_e2e:.2f}x", f"{dec / hf_dec:.2f}x"
     else:
       r1 = r2 = "-"
-    print(f"{name:<21}{e2e:>10.0f}{dec:>13.0f}{1e3 * step:>9.2f}{1e3 * one:>11.1f}"
+    if isinstance(samplers[name], MatmulFloor):  # no prefill: only the per-step columns
+      e2e_s, one_s, r1 = "-", "-", "-"
+    else:
+      e2e_s, one_s = f"{e2e:.0f}", f"{1e3 * one:.1f}"
+    print(f"{name:<21}{e2e_s:>10}{dec:>13.0f}{1e3 * step:>9.2f}{one_s:>11}"
           f"{compile_s[name]:>10.2f}{r1:>10}{r2:>13}")
+  floor = "matmuls only (floor)"
+  if hf in samplers and floor in samplers:
+    step_ms = lambda name: 1e3 * (med[name, n] - med[name, 1]) / (n - 1)
+    ceiling = step_ms(hf) / step_ms(floor)
+    print(f"ceiling: HF's decode step / the matmul floor = {step_ms(hf):.2f} / "
+          f"{step_ms(floor):.2f} ms = {ceiling:.2f}x; a decode step 5x faster than HF's must take "
+          f"<= {step_ms(hf) / 5:.2f} ms, {step_ms(hf) / 5 / step_ms(floor):.2f}x the floor")
   for name, frac in parity.items():
     print(f"greedy parity with ours ({PARITY_TOKENS} tokens x {b} rows): {name} "
           f"{100 * frac:.1f}% identical tokens")

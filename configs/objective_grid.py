@@ -23,7 +23,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.bases_dir = ""                 # '' -> OUT/bases (shared with gradient_alignment)
-  c.base = gradient_alignment.small_base(900)
+  c.base = gradient_alignment.small_base(gradient_alignment.STUDENT_STEPS)
   c.base_dir = ""                  # an existing HF base student instead
   o = smoke.get_config("stage=opd")
   o.task = c.base.task             # the base's data

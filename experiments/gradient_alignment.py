@@ -134,7 +134,10 @@ def markdown(cfg, out, rows, win_rows, meta):
       chk = [v for k, v in out["param_check"].items() if k[2] == label]
       if not chk:
         continue
-      lc, pc, hc = (np.concatenate([c[i] for c in chk]) for i in range(3))
+      ok = np.concatenate([c[3] for c in chk]).astype(bool)  # defined directions only
+      lc, pc, hc = (np.concatenate([c[i] for c in chk])[ok] for i in range(3))
+      if not len(lc):
+        continue
       corr = np.corrcoef(lc, pc)[0, 1] if len(lc) > 2 else float("nan")
       md.append(f"| {label} | {len(lc)} | {corr:.3f} | {np.mean(np.abs(lc - pc)):.3f} | "
                 f"{np.mean(np.sign(lc) == np.sign(pc)):.2f} | {np.max(np.abs(lc - hc)):.1e} |")

@@ -124,9 +124,9 @@ def test_logit_alignment_equals_parameter_space_at_output_layer():
     out = []
     for ideal, d in vecs:
       out.append((al.cosine(ideal, d)[0],
-                  al.param_space_cosines(lambda k: project(h, k), kernel, rows, pos, ideal, d),
+                  al.param_space_cosines(lambda k: project(h, k), kernel, rows, pos, ideal, d)[0],
                   al.param_space_cosines(lambda p: project(h, p[0]) + p[1],
-                                         (kernel, jnp.zeros(16)), rows, pos, ideal, d)))
+                                         (kernel, jnp.zeros(16)), rows, pos, ideal, d)[0]))
     return out
 
   for name, (want, got_w, got_wb) in zip(names, exact_case(kernel, vecs)):
@@ -137,8 +137,9 @@ def test_logit_alignment_equals_parameter_space_at_output_layer():
   full_logits = lambda p: nnx.merge(graphdef, p)(tokens)
   sl = jax.jit(full_logits)(params)
   ideal, d, tl, cand, valid, pbar = _node_vectors(rs, sl, tokens, rows, pos)
-  got = jax.jit(al.param_space_cosines, static_argnums=0)(full_logits, params, rows, pos,
-                                                          ideal, d)
+  got, ok = jax.jit(al.param_space_cosines, static_argnums=0)(full_logits, params, rows, pos,
+                                                              ideal, d)
+  assert bool(jnp.all(ok))
   logit_cos = al.cosine(ideal, d)[0]
   assert float(jnp.max(jnp.abs(got - logit_cos))) > 1e-3
   k = 1  # independent reference at node (rows[1], pos[1]): grads of the node's two objectives
@@ -157,6 +158,24 @@ def test_logit_alignment_equals_parameter_space_at_output_layer():
 
   ref = reference(params)
   np.testing.assert_allclose(got[k], ref, atol=1e-4)
+
+
+def test_param_space_cosine_leaves_out_degenerate_directions_like_logit_space():
+  """A direction of norm ~1e-13 (e_y - pi where the student is sure of y) has a defined but
+  meaningless angle: both spaces must mark it not-ok and give 0, or the comparison of the two
+  spaces reports a spurious difference of up to 2 (seen in the gradient-alignment experiment)."""
+  rs = np.random.RandomState(3)
+  kernel = jnp.asarray(rs.randn(8, 16), jnp.float32)
+  h = jnp.asarray(rs.randn(2, 5, 8), jnp.float32)
+  rows, pos = jnp.asarray([0, 1, 1]), jnp.asarray([2, 0, 4])
+  ideal = jnp.asarray(rs.randn(3, 16), jnp.float32)
+  d = jnp.asarray(rs.randn(3, 16), jnp.float32).at[1].multiply(1e-14)  # node 1: degenerate
+  want, want_ok = al.cosine(ideal, d)
+  got, ok = al.param_space_cosines(lambda k: project(h, k), kernel, rows, pos, ideal, d)
+  np.testing.assert_array_equal(np.asarray(ok), [True, False, True])
+  np.testing.assert_array_equal(np.asarray(ok), np.asarray(want_ok))
+  assert float(got[1]) == 0.0 and float(want[1]) == 0.0
+  np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_targeted_success_converges_on_enumerable_toy():

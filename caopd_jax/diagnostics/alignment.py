@@ -301,11 +301,15 @@ def node_alignment(nodes, student_logits, teacher_logits, tokens, mask,
 # Brute force in parameter space
 # ---------------------------------------------------------------------------------------------
 
-def param_space_cosines(logits_fn, params, rows, positions, ideal, direction):
+def param_space_cosines(logits_fn, params, rows, positions, ideal, direction, eps=1e-12):
   """Per-node parameter-space cosine cos(J^T g*, J^T d), J = d logits[row, pos] / d params.
 
   logits_fn(params) -> [N, C, V] (the student's completion logits); rows, positions [K];
-  ideal, direction [K, V] (logit-space vectors at those nodes). One VJP per node (vmapped)."""
+  ideal, direction [K, V] (logit-space vectors at those nodes). One VJP per node (vmapped).
+  Returns (cos [K], ok [K]) with the convention of `cosine`: ok is False (and cos 0) where the
+  logit-space ideal or direction has norm <= eps, so both spaces leave out the same nodes (a
+  direction of norm ~1e-13, e.g. e_y - pi at a token the student is sure of, has a
+  well-defined but meaningless angle)."""
   out, vjp = jax.vjp(logits_fn, params)
   onehot = (jax.nn.one_hot(rows, out.shape[0], dtype=F32)[:, :, None, None]
             * jax.nn.one_hot(positions, out.shape[1], dtype=F32)[:, None, :, None])
@@ -316,7 +320,9 @@ def param_space_cosines(logits_fn, params, rows, positions, ideal, direction):
   a, b = pullback(ideal), pullback(direction)
   dot = lambda x, y: sum(jnp.sum((u * w).reshape(u.shape[0], -1).astype(F32), -1)
                          for u, w in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
-  return dot(a, b) / jnp.maximum(jnp.sqrt(dot(a, a) * dot(b, b)), 1e-30)
+  ok = cosine(ideal, direction, eps)[1]
+  cos = dot(a, b) / jnp.maximum(jnp.sqrt(dot(a, a) * dot(b, b)), 1e-30)
+  return jnp.where(ok, cos, 0.0), ok
 
 
 def weighted_mean(x, weights, ok, axis=None):

@@ -63,7 +63,8 @@ def context_alignment(graphdef, params, teacher_graphdef, teacher_params, batch,
 @functools.partial(jax.jit, static_argnames=("graphdef", "teacher_graphdef", "specs"))
 def param_space_check(graphdef, params, teacher_graphdef, teacher_params, batch, nodes, rows, ks,
                       *, specs):
-  """{label: (logit cos [P], all-parameter cos [P], output-kernel cos [P])} at nodes (rows, ks).
+  """{label: (logit cos, all-parameter cos, output-kernel cos, ok)}, each [P], at nodes (rows, ks);
+  ok is False where the node's logit-space direction is degenerate (`alignment.cosine`).
 
   All parameters: the features move with theta, so the cosine differs from the logit one.
   Output kernel with the node's features held fixed: the two must agree exactly."""
@@ -86,9 +87,10 @@ def param_space_check(graphdef, params, teacher_graphdef, teacher_params, batch,
   out = {}
   for label, g in grads.items():
     d = g[rows, pos]
-    out[label] = (al.cosine(ideal, d)[0],
-                  al.param_space_cosines(full_fn, params, rows, pos, ideal, d),
-                  al.param_space_cosines(head_fn, model.output_kernel(), rows, pos, ideal, d))
+    cos, ok = al.cosine(ideal, d)
+    out[label] = (cos, al.param_space_cosines(full_fn, params, rows, pos, ideal, d)[0],
+                  al.param_space_cosines(head_fn, model.output_kernel(), rows, pos, ideal, d)[0],
+                  ok)
   return out
 
 
