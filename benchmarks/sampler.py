@@ -18,12 +18,16 @@ XLA decode step of this model could reach on this machine.
 A second call of ours with the same shapes (new key, new prompt values) must not recompile:
 `sample._cache_size()` before/after and the number of compilations `jax.log_compiles` reports.
 
-  python -m benchmarks.sampler [--repeats 7] [--no-tunix] [--no-hf]
+The `ours top-p, 4 seg` row is the same sampler with `decode_segments=4` (the decode loop in 4
+segments, each with a KV cache only as long as its steps need; identical outputs).
+
+  python -m benchmarks.sampler [--repeats 7] [--segments 4] [--no-tunix] [--no-hf]
 
 Tunix is a benchmark-only dependency (benchmarks/README.md, "Sampler throughput"); without
 it the Tunix row prints "skipped: <reason>".
 """
 import argparse
+import functools
 import importlib.util
 import logging
 import os
@@ -65,12 +69,14 @@ def make_checkpoint(path, seed=0):
 class Ours:
   name = "ours top-p"
 
-  def __init__(self, path, prompt, top_p, greedy=False):
+  def __init__(self, path, prompt, top_p, greedy=False, segments=1):
     self.graphdef, self.params = nnx.split(load_hf(path))
     self.prompt = jnp.asarray(prompt)
     self.valid = jnp.ones(prompt.shape, bool)
     self.kw = dict(temperature=0.0) if greedy else dict(top_p=top_p)
-    self.name = "ours greedy" if greedy else "ours top-p"
+    self.kw["decode_segments"] = segments
+    self.name = ("ours greedy" if greedy else "ours top-p") + (
+        f", {segments} seg" if segments > 1 else "")
     self.calls = 0
 
   def cfg(self, n):
@@ -240,6 +246,8 @@ def main():
   ap.add_argument("--new", type=int, default=64)
   ap.add_argument("--top-p", type=float, default=0.9)
   ap.add_argument("--repeats", type=int, default=7)
+  ap.add_argument("--segments", type=int, default=4,
+                  help="decode_segments of the extra 'ours top-p, N seg' row (<= 1: no such row)")
   ap.add_argument("--no-hf", action="store_true")
   ap.add_argument("--no-tunix", action="store_true")
   a = ap.parse_args()
@@ -252,7 +260,10 @@ def main():
           f"{n_params / 1e6:.2f}M params (float32); batch {b}, prompt {a.prompt}, {n} new "
           f"tokens, top_p {a.top_p}, median of {a.repeats} interleaved repeats")
     samplers, skipped, compile_s = {}, {}, {}
-    for cls, greedy, off in [(Ours, False, False), (Ours, True, False), (MatmulFloor, False, False),
+    segmented = functools.partial(Ours, segments=a.segments)
+    segmented.name = f"ours top-p, {a.segments} seg"
+    for cls, greedy, off in [(Ours, False, False), (segmented, False, a.segments <= 1),
+                             (Ours, True, False), (MatmulFloor, False, False),
                              (HF, False, a.no_hf), (Tunix, False, a.no_tunix)]:
       if off:
         skipped[cls.name] = "skipped: disabled by flag"

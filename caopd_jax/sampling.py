@@ -17,6 +17,10 @@ most 32), so near-ties are resolved exactly too.
 A token is drawn by inverting the CDF of the (truncated) weights in vocabulary order with one
 uniform per row; the uniforms of all steps are drawn before the decode loop (no per-step key
 split or per-token Gumbel noise).
+
+With `decode_segments=N` the decode loop is N while_loops and the KV cache grows between them
+(`grow_cache`): a step attends to P + (end of its segment) slots rather than P + max_new_tokens.
+The outputs are the same; attention work drops by up to ~half for long generations.
 """
 
 import dataclasses
@@ -27,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from caopd_jax.models.transformer import init_cache
+from caopd_jax.models.transformer import grow_cache, init_cache
 
 _F32 = jnp.float32
 _U32 = jnp.uint32
@@ -42,10 +46,16 @@ class SamplingConfig:
   stop_ids: tuple[int, ...] = ()
   pad_id: int = 0
   top_p_iters: int = 32  # upper bound on nucleus bisection passes (32 always suffices)
+  # The decode loop runs in this many segments; segment j's KV cache has only the slots that
+  # steps up to its end need, so attention reads ~(P + N/2) slots per step instead of P + N, at
+  # the price of one more traced loop body (compile time) per segment.
+  decode_segments: int = 1
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ValueError("max_new_tokens must be >= 1.")
+    if self.decode_segments < 1:
+      raise ValueError(f"decode_segments must be >= 1, got {self.decode_segments}.")
     if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
       raise ValueError(f"Bad sampling settings: temperature={self.temperature}, "
                        f"top_k={self.top_k}, top_p={self.top_p}.")
@@ -204,7 +214,11 @@ def sample(graphdef, params, prompt, prompt_valid, key, cfg: SamplingConfig) -> 
   model = nnx.merge(graphdef, params)
   b, p = prompt.shape
   n = cfg.max_new_tokens
-  cache = init_cache(model.cfg, b, p + n)
+  # Segment ends: the loop emits tokens [end_{j-1}, end_j) with a cache of p + end_j slots (token
+  # i is emitted after feeding token i - 1 into slot p + i - 1).
+  seg = -(-n // cfg.decode_segments)
+  ends = sorted({min(n, seg * (j + 1)) for j in range(cfg.decode_segments)})
+  cache = init_cache(model.cfg, b, p + ends[0])
   h, cache = model.hidden(prompt, valid=prompt_valid, cache=cache)
   stop_ids = jnp.asarray(cfg.stop_ids, jnp.int32)
   uniforms = jax.random.uniform(key, (n, b), _F32)  # one per row and step, drawn up front
@@ -224,17 +238,23 @@ def sample(graphdef, params, prompt, prompt_valid, key, cfg: SamplingConfig) -> 
   done = jnp.zeros((b,), bool)
   tokens, lps, done = emit(0, tokens, lps, done, model.logits(h[:, -1]))
 
-  def cond(state):
-    i, _, _, done, _ = state
-    return (i < n) & ~jnp.all(done) if cfg.stop_ids else i < n
-
   def body(state):
     i, tokens, lps, done, cache = state
     last = jax.lax.dynamic_index_in_dim(tokens, i - 1, 0, keepdims=False)[:, None]
     h, cache = model.hidden(last, cache=cache)  # position = number of valid cache slots
     return (i + 1, *emit(i, tokens, lps, done, model.logits(h[:, 0])), cache)
 
-  _, tokens, lps, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), tokens, lps, done, cache))
+  state = (jnp.int32(1), tokens, lps, done, cache)
+  for j, end in enumerate(ends):
+    if j:
+      state = (*state[:4], grow_cache(state[4], p + end))
+
+    def cond(state, end=end):
+      i, _, _, done, _ = state
+      return (i < end) & ~jnp.all(done) if cfg.stop_ids else i < end
+
+    state = jax.lax.while_loop(cond, body, state)
+  _, tokens, lps, _, _ = state
   tokens, lps = tokens.T, lps.transpose(1, 2, 0)
   if cfg.stop_ids:  # mask: up to and including the first stop token
     is_stop = jnp.isin(tokens, stop_ids)

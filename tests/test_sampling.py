@@ -84,9 +84,11 @@ def tiny():
   return model, graphdef, params, prompt, valid
 
 
-def test_logprobs_equal_recomputed(tiny):
+@pytest.mark.parametrize("segments", [1, 4])
+def test_logprobs_equal_recomputed(tiny, segments):
   model, graphdef, params, prompt, valid = tiny
-  cfg = SamplingConfig(max_new_tokens=9, temperature=0.8, top_k=20, top_p=0.9)
+  cfg = SamplingConfig(max_new_tokens=9, temperature=0.8, top_k=20, top_p=0.9,
+                       decode_segments=segments)
   out = sample(graphdef, params, prompt, valid, jax.random.key(7), cfg)
   full = jnp.concatenate([prompt, out.tokens], 1)
   logits = np.asarray(model(full, valid=jnp.concatenate([valid, out.mask], 1)))[:, 5:-1]
@@ -128,6 +130,39 @@ def test_stop_ids_mask_and_padding(tiny):
     assert (tokens[b, end:] == 0).all() and out.lengths[b] == end
     assert (np.asarray(out.logprobs)[b, end:] == 0).all()
   assert stopped >= 2
+
+
+@pytest.mark.parametrize("segments", [2, 3, 40])
+def test_segmented_decoding_matches_one_loop(tiny, segments):
+  """Segments only drop cache slots no step can see yet: same tokens, masks and log-probs, with
+  stops that fall inside and across segments (40 > max_new_tokens: one token per segment)."""
+  _, graphdef, params, prompt, valid = tiny
+  base = dict(max_new_tokens=30, top_p=0.9, stop_ids=(5, 6, 7, 8), pad_id=0)
+  ref = sample(graphdef, params, prompt, valid, jax.random.key(5), SamplingConfig(**base))
+  got = sample(graphdef, params, prompt, valid, jax.random.key(5),
+               SamplingConfig(**base, decode_segments=segments))
+  assert 1 < int(ref.lengths.min()) < 30  # rows stop at different, intermediate steps
+  np.testing.assert_array_equal(got.tokens, ref.tokens)
+  np.testing.assert_array_equal(got.mask, ref.mask)
+  np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
+  np.testing.assert_allclose(got.policy_logprobs, ref.policy_logprobs, atol=1e-5)
+
+
+def test_grow_cache_pads_empty_slots_and_rejects_shrinking():
+  from caopd_jax.models.transformer import grow_cache, init_cache  # pylint: disable=g-import-not-at-top
+  cfg = ModelConfig.tiny()
+  cache = init_cache(cfg, 2, 5)
+  cache = {**cache, "k": [k + 1 for k in cache["k"]], "valid": cache["valid"].at[:, :3].set(True),
+           "index": jnp.int32(3)}
+  big = grow_cache(cache, 8)
+  assert big["k"][0].shape[-1] == 8 and big["v"][0].shape[-2] == 8 and big["valid"].shape == (2, 8)
+  np.testing.assert_array_equal(big["k"][0][..., :5], cache["k"][0])
+  assert float(jnp.abs(big["k"][0][..., 5:]).max()) == 0 and not bool(big["valid"][:, 5:].any())
+  assert int(big["index"]) == 3
+  with pytest.raises(ValueError, match="more than 4"):
+    grow_cache(cache, 4)
+  with pytest.raises(ValueError, match="decode_segments"):
+    SamplingConfig(max_new_tokens=4, decode_segments=0)
 
 
 def first_token_is(tokens, mask, target):

@@ -59,7 +59,8 @@ def problem():
   valid = np.ones((B, 7), bool)
   valid[2, :3] = False
   valid[6, :1] = False
-  scfg = SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=0.9, stop_ids=(5,), pad_id=0)
+  scfg = SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=0.9, stop_ids=(5,), pad_id=0,
+                        decode_segments=2)  # the growing cache under every mesh, too
   return graphdef, state, step, batch, (prompt, valid, jax.random.key(7), scfg)
 
 

@@ -94,7 +94,7 @@ def model_config(m, vocab_size: int) -> ModelConfig:
 def sampling_config(s, tokenizer) -> SamplingConfig:
   return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                         top_k=s.get("top_k", 0), top_p=s.top_p, stop_ids=(tokenizer.eos_id,),
-                        pad_id=tokenizer.pad_id)
+                        pad_id=tokenizer.pad_id, decode_segments=s.get("decode_segments", 1))
 
 
 def evaluate_model(model_dir: str, config, workdir: str, name: str):

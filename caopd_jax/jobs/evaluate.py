@@ -119,8 +119,8 @@ def evaluate_model(model_dir, config, out_dir, *, tokenizer_dir="", records=None
   t = templates(config)
   sampling = SamplingConfig(
       max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-      top_k=config.get("top_k", 0), stop_ids=chat_prompts.stop_ids(tokenizer),
-      pad_id=tokenizer.pad_id)
+      top_k=config.get("top_k", 0), decode_segments=config.get("decode_segments", 1),
+      stop_ids=chat_prompts.stop_ids(tokenizer), pad_id=tokenizer.pad_id)
   name = name or os.path.basename(os.path.normpath(model_dir))
   scored = generate_and_score(graphdef, params, tokenizer, t, records, task, sampling=sampling,
                               batch_size=min(config.batch_size, len(records)),

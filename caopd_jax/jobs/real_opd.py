@@ -93,6 +93,7 @@ def setup(config, workdir):
   sampling = SamplingConfig(
       max_new_tokens=config.max_completion_len, temperature=config.sampling.temperature,
       top_p=config.sampling.top_p, top_k=config.sampling.top_k,
+      decode_segments=config.sampling.get("decode_segments", 1),
       stop_ids=chat_prompts.stop_ids(tokenizer), pad_id=tokenizer.pad_id)
   it = make_iteration(graphdef, opd_step, tokenizer, t, num_samples=config.num_samples,
                       sampling=sampling, caopd=config.caopd, mode=mode,

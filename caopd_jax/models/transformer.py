@@ -186,6 +186,18 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None):
   }
 
 
+def grow_cache(cache, length: int):
+  """The cache with `length` slots per row (>= its current length); new slots are empty."""
+  extra = length - cache["valid"].shape[1]
+  if extra < 0:
+    raise ValueError(f"grow_cache: the cache has {cache['valid'].shape[1]} slots, more than {length}.")
+  if extra == 0:
+    return cache
+  pad = lambda x, axis: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])
+  return {"k": [pad(k, 3) for k in cache["k"]], "v": [pad(v, 2) for v in cache["v"]],
+          "valid": pad(cache["valid"], 1), "index": cache["index"]}
+
+
 class Transformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
     rngs = rngs if rngs is not None else nnx.Rngs(0)

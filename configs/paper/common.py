@@ -75,6 +75,7 @@ def evaluation(task, thinking="", **overrides):
   e = ml_collections.ConfigDict(dict(
       enabled=True, task=task, data=d, limit=0, batch_size=64, max_prompt_len=1024,
       max_new_tokens=1024, temperature=1.0, top_p=1.0, top_k=0, seed=0, dtype="bfloat16",
+      decode_segments=8,  # sampling.SamplingConfig: the decode loop in 8 growing-cache segments
       chat_template_kwargs=chat_kwargs(thinking), mesh=(1, -1, 1)))
   e.update(overrides)
   return e
@@ -106,7 +107,9 @@ def real_opd(task, arg=None):
   c.max_prompt_len = 1024  # student prompt and teacher head, left-truncated
   c.max_demo_len = 1024  # demonstration in the teacher context, right-truncated
   c.max_completion_len = 1024  # sampled tokens; the CaOPD suffix is added on top
-  c.sampling = ml_collections.ConfigDict(dict(temperature=1.0, top_p=1.0, top_k=0))
+  # decode_segments: the decode loop in 8 segments with a growing KV cache (sampling.py)
+  c.sampling = ml_collections.ConfigDict(dict(temperature=1.0, top_p=1.0, top_k=0,
+                                              decode_segments=8))
   c.objective = ml_collections.ConfigDict(dict(
       name="full_forward" if a["kl"] == "forward" else "full_reverse",
       hparams=ml_collections.ConfigDict(dict(reduction="sequence_mean", skip_first=3))))
