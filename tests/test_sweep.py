@@ -73,9 +73,13 @@ def test_print_gives_one_command_per_job(capsys, tmp_path):
   assert not list(tmp_path.iterdir())  # nothing ran
 
 
-def _env():
+def _env(cache=None):
+  """Subprocess environment; `cache`: a JAX compilation cache shared by the pipeline and the
+  sweep's jobs (they compile many identical programs)."""
   env = dict(os.environ)
   env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=(env.get("XLA_FLAGS", "") + " " + _FAST_XLA).strip())
+  if cache is not None:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   return env
 
 
@@ -128,7 +132,7 @@ def _swept(tmp):
   pipe = subprocess.run(
       [sys.executable, "run.py", f"--config=configs/smoke.py:data_dir={data}",
        f"--workdir={tmp / 'pipeline'}"],
-      cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+      cwd=_ROOT, env=_env(tmp / "jax_cache"), capture_output=True, text=True, timeout=600)
   assert pipe.returncode == 0, pipe.stdout[-3000:] + pipe.stderr[-3000:]
   out = tmp / "sweep"
   proc = subprocess.run(
@@ -137,7 +141,7 @@ def _swept(tmp):
        f"data_dir={data}",
        f"--workdir={out}", "--parallel=2", "--", "--config.steps=2", "--config.log_every=1",
        "--config.report_objectives=()"],
-      cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+      cwd=_ROOT, env=_env(tmp / "jax_cache"), capture_output=True, text=True, timeout=900)
   return out, proc, tmp / "pipeline", pipe.stdout
 
 
