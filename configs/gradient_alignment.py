@@ -21,7 +21,10 @@ from configs import smoke
 
 # SFT steps of the weak student. The base's accuracy jumps between ~1200 steps (6% of rollouts
 # correct) and 1500 (97%); 1350 gives the mixed correct / incorrect rollouts the experiment needs
-# (measured with `:quick`, 2026-11-23: 900 -> 11%, 1100 / 1200 -> 6%, 1350 -> 69%, 1500 -> 97%).
+# (2026-11-23, rollout accuracy printed by `python -m experiments.gradient_alignment
+# --config configs/gradient_alignment.py:quick --out /tmp/gaq --config.bases_dir=/tmp/bq
+# --config.student.steps=N`: 1100 / 1200 -> 6%, 1350 -> 69%, 1500 -> 97%; the full run at 900
+# steps: 11%).
 STUDENT_STEPS = 1350
 
 

@@ -143,6 +143,17 @@ def test_segmented_decoding_matches_one_loop(tiny, segments, new_tokens):
                SamplingConfig(**base, decode_segments=segments))
   if new_tokens > 3:
     assert 1 < int(ref.lengths.min()) < new_tokens  # rows stop at intermediate steps
+  # The segments really exist: the compiled graph holds a key cache for each segment's length
+  # (prompt 6 + segment end), and the one-loop graph only the full one.
+  cfg = SamplingConfig(**base, decode_segments=segments)
+  text = sample.lower(graphdef, params, prompt, valid, jax.random.key(5), cfg).as_text()
+  seg = -(-new_tokens // segments)
+  ends = sorted({min(new_tokens, seg * (j + 1)) for j in range(segments)})
+  shape = lambda end: f"tensor<4x2x8x{6 + end}xf32>"  # [B, Hkv, Dh, S] of the tiny model
+  assert all(shape(e) in text for e in ends), ends
+  one = sample.lower(graphdef, params, prompt, valid, jax.random.key(5),
+                     SamplingConfig(**base)).as_text()
+  assert shape(ends[0]) not in one
   np.testing.assert_array_equal(got.tokens, ref.tokens)
   np.testing.assert_array_equal(got.mask, ref.mask)
   np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
