@@ -1,4 +1,4 @@
-"""OPD train-step throughput: `caopd_jax.train_step.make_opd_step` vs the same step in PyTorch.
+"""OPD train-step throughput: `caopd_jax.train.step.make_opd_step` vs the same step in PyTorch.
 
 One random Qwen3 student and one random Qwen3 teacher (the same config, ~27M parameters each:
 vocab 8192, hidden 512, 6 layers, 8 heads / 4 kv heads, head_dim 64, MLP 1536, untied
@@ -107,8 +107,8 @@ class Ours:
     from flax import nnx
 
     from caopd_jax.models import load_hf
-    from caopd_jax.optim import make_optimizer
-    from caopd_jax.train_step import init_state, make_opd_step
+    from caopd_jax.train.optim import make_optimizer
+    from caopd_jax.train.step import init_state, make_opd_step
     self.jax = jax
     graphdef, params = nnx.split(load_hf(student_path))
     tgraphdef, tparams = nnx.split(load_hf(teacher_path))

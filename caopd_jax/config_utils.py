@@ -41,14 +41,30 @@ def _auto(value: str):
   return value
 
 
+def as_bool(key: str, value) -> bool:
+  """A strict boolean: True/False, 0/1, or one of the words true/false, yes/no, on/off, t/f, y/n."""
+  if isinstance(value, bool):
+    return value
+  if isinstance(value, int) and value in (0, 1):
+    return bool(value)
+  v = str(value).lower()
+  if v in _TRUE:
+    return True
+  if v in _FALSE and v:
+    return False
+  raise ValueError(f"Config argument {key}={value!r}: expected a boolean (true/false, 1/0).")
+
+
+def check_choice(key: str, value, choices):
+  """Raises ValueError naming the valid choices unless value is one of them."""
+  if value not in choices:
+    raise ValueError(f"Config argument {key}={value!r}: valid values are {sorted(choices)}.")
+  return value
+
+
 def _convert(key: str, value: str, default):
   if isinstance(default, bool):
-    v = value.lower()
-    if v in _TRUE:
-      return True
-    if v in _FALSE:
-      return False
-    raise ValueError(f"Config argument {key}={value!r}: expected a boolean.")
+    return as_bool(key, value)
   if isinstance(default, int):
     try:
       return int(value)

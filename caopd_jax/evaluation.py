@@ -1,65 +1,143 @@
-"""Evaluation on an embedded-task split: one sampled response per question, correctness by the
-jittable verifier, the stated confidence parsed from the decoded text, every calibration metric.
+"""Evaluation of a model on a task's splits, one path for every task.
+
+One sampled response per question (the deployed policy; sampling from config.eval.sampling),
+judged by the task's verifier (in the graph, or on the host with `task.eval_correct`), its stated
+confidence read with `calibration.parse_confidence` (unparsed -> 0, counted in the metrics and
+reported as adherence), every calibration metric (`calibration.summarize`), and a breakdown by
+the record field `eval.group_by` (e.g. difficulty). Writes, under WORKDIR/eval:
+  {name}_{split}.json              metrics + bin stats + settings
+  {name}_{split}_responses.jsonl   id, gold, response, correct, confidence, parsed
+  {name}_{split}_reliability.png   reliability diagram
 """
 
+import functools
 import json
+import logging
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
-from caopd_jax import calibration
-from caopd_jax.prompts import encode_prompts
-from caopd_jax.rollouts import rollouts
-from caopd_jax.verifiers import exact_match_tokens
+from caopd_jax import calibration, data, plots, tasks
+from caopd_jax.models import load_hf
+from caopd_jax.opd import prompts as opd_prompts, verify as opd_verify
+from caopd_jax.sampling import SampleOutput, SamplingConfig, sample
+from caopd_jax.tokenizers import check_vocabulary, load_tokenizer
 
 
-def generate_and_score(graphdef, params, tokenizer, templates, records, *, widths, sampling,
-                       batch_size: int, seed: int = 0, verifier=exact_match_tokens, desc="eval"):
-  """Per-record arrays: conf, correct, parsed, difficulty, and the decoded responses."""
-  conf, correct, parsed, texts = [], [], [], []
+@functools.partial(jax.jit, static_argnames=("verify",))
+def _judge(prompts, tokens, mask, verify):
+  z = jnp.zeros(tokens.shape, jnp.float32)
+  return verify(prompts, SampleOutput(tokens, mask, z, z, jnp.sum(mask, -1))).correct[:, 0]
+
+
+def generate_and_score(graphdef, params, tokenizer, task, records, *, widths, sampling,
+                       batch_size: int, seed: int = 0, mesh=None, desc="eval"):
+  """Per-record responses, correctness, parsed confidence and record ids (numpy / lists)."""
+  verify = opd_verify.make(task, tokenizer, records, num_samples=1, width=sampling.max_new_tokens,
+                           judge=task.eval_correct)
   key = jax.random.key(seed)
+  out = {"id": [], "gold": [], "response": [], "correct": [], "conf": [], "parsed": []}
+  gold = task.target_text if task.verification == "tokens" else task.gold
   for start in tqdm(range(0, len(records), batch_size), desc=desc, leave=False,
                     disable=jax.process_index() != 0):
     chunk = list(records[start:start + batch_size])
     n = len(chunk)
     chunk += [chunk[-1]] * (batch_size - n)  # fixed shape: one compile
-    p = encode_prompts(tokenizer, templates, chunk, "demo", widths)
+    p = opd_prompts.encode(tokenizer, task, chunk, None, widths)
     key, sub = jax.random.split(key)
-    r = rollouts(graphdef, params, jnp.asarray(p["student_prompt"]), jnp.asarray(p["student_valid"]),
-                 jnp.asarray(p["target"]), sub, sampling, 1, verifier)
-    tokens, mask = jax.device_get((r.samples.tokens, r.samples.mask))
-    correct.extend(np.asarray(r.correct)[:n, 0].tolist())
+    if mesh is not None:
+      from caopd_jax import sharding  # pylint: disable=g-import-not-at-top
+      s = sharding.shard_sample(graphdef, params, p["student_prompt"], p["student_valid"], sub,
+                                sampling, mesh)
+    else:
+      s = sample(graphdef, params, jnp.asarray(p["student_prompt"]),
+                 jnp.asarray(p["student_valid"]), sub, sampling)
+    tokens, mask = jax.device_get((s.tokens, s.mask))
+    correct = np.asarray(_judge(jax.tree.map(jnp.asarray, p), jnp.asarray(tokens),
+                                jnp.asarray(mask), verify=verify))
     for i in range(n):
       text = tokenizer.decode(tokens[i][mask[i]])
       ok, c = calibration.parse_confidence(text)
-      texts.append(text)
-      parsed.append(ok)
-      conf.append(c)
-  return {"conf": np.asarray(conf, np.float64), "correct": np.asarray(correct, bool),
-          "parsed": np.asarray(parsed, bool),
-          "difficulty": np.asarray([r.get("difficulty", 0) for r in records]), "texts": texts}
-
-
-def metrics(scored) -> dict:
-  """calibration.summarize plus per-difficulty accuracy and mean confidence."""
-  out = calibration.summarize(scored["conf"], scored["correct"], scored["parsed"])
-  for d in sorted(set(scored["difficulty"].tolist())):
-    sel = scored["difficulty"] == d
-    out[f"accuracy_d{d}"] = float(np.mean(scored["correct"][sel]))
-    out[f"confidence_d{d}"] = float(np.mean(np.where(scored["parsed"][sel], scored["conf"][sel], 0)))
+      out["id"].append(int(chunk[i]["id"]))
+      out["gold"].append(gold(chunk[i]))
+      out["response"].append(text)
+      out["correct"].append(bool(correct[i]))
+      out["conf"].append(c)
+      out["parsed"].append(ok)
+  for k in ("correct", "parsed"):
+    out[k] = np.asarray(out[k], bool)
+  out["conf"] = np.asarray(out["conf"], np.float64)
   return out
 
 
-def write(scored, result: dict, path_prefix: str):
-  """JSON metrics + JSONL of responses next to each other."""
-  os.makedirs(os.path.dirname(path_prefix) or ".", exist_ok=True)
-  with open(path_prefix + ".json", "w") as f:
+def metrics(scored, records, group_by: str = "") -> dict:
+  """calibration.summarize plus, per value of the record field `group_by`, accuracy and mean
+  confidence (keys accuracy_{g}{value}, confidence_{g}{value}, g = its first letter)."""
+  out = calibration.summarize(scored["conf"], scored["correct"], scored["parsed"])
+  if group_by and all(group_by in r for r in records):
+    groups = np.asarray([r[group_by] for r in records])
+    conf = np.where(scored["parsed"], scored["conf"], 0.0)
+    for g in sorted(set(groups.tolist())):
+      sel = groups == g
+      out[f"accuracy_{group_by[0]}{g}"] = float(np.mean(scored["correct"][sel]))
+      out[f"confidence_{group_by[0]}{g}"] = float(np.mean(conf[sel]))
+  return out
+
+
+def write(scored, result: dict, prefix: str, title: str):
+  """JSON metrics, responses JSONL and the reliability diagram at `prefix`*."""
+  os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
+  with open(prefix + ".json", "w") as f:
     json.dump(result, f, indent=1)
-  with open(path_prefix + "_responses.jsonl", "w") as f:
-    for i, text in enumerate(scored["texts"]):
-      f.write(json.dumps({"response": text, "correct": bool(scored["correct"][i]),
+  with open(prefix + "_responses.jsonl", "w") as f:
+    for i, text in enumerate(scored["response"]):
+      f.write(json.dumps({"id": scored["id"][i], "gold": scored["gold"][i], "response": text,
+                          "correct": bool(scored["correct"][i]),
                           "confidence": float(scored["conf"][i]),
-                          "parsed": bool(scored["parsed"][i])}) + "\n")
+                          "parsed": bool(scored["parsed"][i])}, ensure_ascii=False) + "\n")
+  plots.reliability_diagram(np.where(scored["parsed"], scored["conf"], 0.0), scored["correct"],
+                            prefix + "_reliability.png", title=title)
+
+
+def evaluate_model(model_dir: str, config, workdir: str, name: str = "", tokenizer_dir: str = ""):
+  """Evaluates the HF model at `model_dir` on config.task's config.eval.splits; writes the files
+  above and returns {split: (metrics, scored)}. Reads config.{task, data_dir, dtype, mesh, eval}."""
+  e = config.eval
+  task = tasks.get(config.task)
+  tokenizer = load_tokenizer(tokenizer_dir or model_dir)
+  model = load_hf(model_dir, dtype=jnp.dtype(config.dtype))
+  check_vocabulary(tokenizer, model.cfg.vocab_size, model_dir)
+  graphdef, params = nnx.split(model)
+  sampling = SamplingConfig.from_config(e.sampling, tokenizer)
+  mesh = None
+  if jax.device_count() > 1:
+    from caopd_jax import sharding  # pylint: disable=g-import-not-at-top
+    mesh = sharding.make_mesh(tuple(config.mesh))
+  name = name or os.path.basename(os.path.normpath(model_dir))
+  srcs = task.sources(config.data_dir or data.data_dir_for(workdir), e.splits)
+  out = {}
+  for split in e.splits:
+    records = list(srcs[split])[:e.limit or None]
+    over = opd_prompts.overlong(tokenizer, task, records, max_prompt_len=e.max_prompt_len)
+    opd_prompts.report_overlong(over, len(records), f"eval {name}/{split}", "truncate")
+    widths = opd_prompts.widths(tokenizer, task, records, max_prompt_len=e.max_prompt_len)
+    scored = generate_and_score(graphdef, params, tokenizer, task, records, widths=widths,
+                                sampling=sampling, batch_size=min(e.batch_size, len(records)),
+                                seed=e.seed, mesh=mesh, desc=f"eval {name}/{split}")
+    result = metrics(scored, records, e.group_by)
+    bins = calibration.bin_stats(np.where(scored["parsed"], scored["conf"], 0.0), scored["correct"])
+    info = {"task": task.name, "split": split, "model": os.path.abspath(model_dir),
+            "truncated_prompts": int(over.sum()),
+            "bins": {k: [None if np.isnan(x) else float(x) for x in v] for k, v in bins.items()},
+            "sampling": e.sampling.to_dict()}
+    if jax.process_index() == 0:
+      write(scored, {**result, **info}, os.path.join(workdir, "eval", f"{name}_{split}"),
+            title=f"{name} ({task.name} {split})")
+      logging.info("%s %s/%s: %s", name, task.name, split,
+                   ", ".join(f"{k}={v:.3f}" for k, v in result.items() if k != "n"))
+    out[split] = (result, scored)
+  return out

@@ -51,6 +51,14 @@ class SamplingConfig:
   # the price of one more traced loop body (compile time) per segment.
   decode_segments: int = 1
 
+  @classmethod
+  def from_config(cls, c, tokenizer) -> "SamplingConfig":
+    """From a config's sampling block {max_new_tokens, temperature, top_p, top_k,
+    decode_segments}; stop and pad ids from the tokenizer (`stop_ids`: EOS, end of turn)."""
+    return cls(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_k=c.top_k,
+               top_p=c.top_p, decode_segments=c.decode_segments, stop_ids=tokenizer.stop_ids,
+               pad_id=tokenizer.pad_id)
+
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ValueError("max_new_tokens must be >= 1.")

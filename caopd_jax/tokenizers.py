@@ -1,7 +1,7 @@
 """Tokenizers behind one small interface: a character-level one for embedded toy tasks and a
 wrapper around a local HF tokenizer (`AutoTokenizer`, no hub access).
 
-Interface: `vocab_size, pad_id, bos_id, eos_id, special_ids, encode(text), decode(ids),
+Interface: `vocab_size, pad_id, bos_id, eos_id, special_ids, stop_ids, encode(text), decode(ids),
 apply_chat_template(messages), save(path)`; `pad_left` turns token lists into a left-padded
 int32 batch with a validity mask (prompts are left-truncated, as in the CaOPD code).
 """
@@ -14,6 +14,7 @@ import numpy as np
 
 CHAR_SPECIALS = ("<pad>", "<bos>", "<eos>")
 DEFAULT_ALPHABET = string.digits + string.ascii_letters + string.punctuation + " \n"
+END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
 
 
 class CharTokenizer:
@@ -34,6 +35,7 @@ class CharTokenizer:
     self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
     self.vocab_size = len(self._strings)
     self.special_ids = (self.pad_id, self.bos_id, self.eos_id)
+    self.stop_ids = (self.eos_id,)
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     ids = [self.bos_id] if add_bos else []
@@ -72,6 +74,10 @@ class CharTokenizer:
     return cls(spec["alphabet"], spec.get("pieces", ()))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model",
+                   "spiece.model")
+
+
 class HFTokenizer:
   """A local HF tokenizer directory behind the same interface."""
 
@@ -79,6 +85,10 @@ class HFTokenizer:
     import transformers  # pylint: disable=g-import-not-at-top
     if not os.path.isdir(path):
       raise FileNotFoundError(f"Tokenizer directory {path!r} does not exist.")
+    if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+      raise FileNotFoundError(
+          f"{path!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}): set "
+          "config.tokenizer to the directory of the model's tokenizer.")
     self.hf = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     self.eos_id = self.hf.eos_token_id
     if self.eos_id is None:
@@ -87,6 +97,8 @@ class HFTokenizer:
     self.bos_id = self.hf.bos_token_id
     self.vocab_size = len(self.hf)
     self.special_ids = tuple(sorted(set(self.hf.all_special_ids)))
+    vocab = self.hf.get_vocab()  # EOS and the end-of-turn tokens the vocabulary has
+    self.stop_ids = tuple(sorted({self.eos_id} | {vocab[s] for s in END_OF_TURN if s in vocab}))
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     ids = self.hf.encode(text, add_special_tokens=False)
@@ -112,6 +124,14 @@ def load_tokenizer(path_or_name: str):
   if os.path.exists(os.path.join(path_or_name, "char_tokenizer.json")):
     return CharTokenizer.load(path_or_name)
   return HFTokenizer(path_or_name)
+
+
+def check_vocabulary(tokenizer, vocab_size: int, where: str):
+  """The tokenizer's ids must index the model's embedding rows (a padded table may be larger)."""
+  if tokenizer.vocab_size > vocab_size:
+    raise ValueError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model at {where} "
+                     f"has only {vocab_size} embedding rows: they do not belong together. Set "
+                     "config.tokenizer to the model's own tokenizer directory.")
 
 
 def pad_left(seqs, length: int, pad_id: int):

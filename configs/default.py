@@ -16,7 +16,9 @@ def get_config(arg=None):
   c.job = "caopd_pipeline"
   c.seed = 0
   c.data_dir = ""  # '' -> WORKDIR/tfds
-  c.task = common.task()
+  c.task = common.arithmetic_task()
+  c.dtype = "float32"  # evaluation compute dtype
+  c.mesh = (1, -1, 1)
   c.eval = common.evaluation(splits=("test", "ood"))
   c.base = base.get_config()
   c.opd = opd.get_config()

@@ -16,7 +16,7 @@ Arguments (`:key=value,...`): quick (fewer questions and rollouts; a ~1-2 min sm
 import ml_collections
 
 from caopd_jax import config_utils
-from configs import smoke
+from configs import common, smoke
 
 
 # SFT steps of the weak student. The base's accuracy jumps between ~1200 steps (6% of rollouts
@@ -49,8 +49,7 @@ def get_config(arg=None):
   c.split = "test"             # questions from the held-out split
   c.num_questions = 32
   c.num_samples = 4            # student rollouts per question
-  c.sampling = ml_collections.ConfigDict(dict(temperature=1.0, top_p=1.0, top_k=0,
-                                              max_new_tokens=16))
+  c.sampling = common.sampling(max_new_tokens=16)
   # Targeted rollouts (caopd_jax.diagnostics.alignment.Budget); horizon 0 = the longest
   # verifier target of the chosen questions (answer + the confidence marker).
   c.budget = ml_collections.ConfigDict(dict(horizon=0, num_candidates=4, num_rollouts=16,

@@ -31,7 +31,8 @@ def get_config(arg=None):
                 diagnostics=True, report_objectives=()))
   o.sampling.max_new_tokens = 16
   o.curriculum.update(dict(start=4, increment=2, every=10, h_min=0.3, eval_prompts=32))
-  o.eval.update(dict(splits=("test",), batch_size=100, limit=0))
+  o.eval.update(dict(enabled=False, splits=("test",), batch_size=100, limit=0))  # (evaluated by
+  # the experiment itself, with these settings)
   c.opd = o
   # (label, prefix_source, objective, hparams, curriculum)
   c.cells = (

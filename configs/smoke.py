@@ -28,7 +28,8 @@ def get_config(arg=None):
     raise ValueError(f"Unknown stage {a.stage!r}; valid: {STAGES}.")
   c = default.get_config()
   c.task.update(dict(max_digits=2, ood_digits=1, num_train=400, num_test=40, num_ood=20))
-  c.eval.update(dict(batch_size=40, max_new_tokens=16))
+  c.eval.update(dict(batch_size=40))
+  c.eval.sampling.max_new_tokens = 16
   c.base.model.update(dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                            head_dim=16, intermediate_size=64))
   c.base.update(dict(steps=20, batch_size=16, log_every=10, checkpoint_every=10))
@@ -42,9 +43,9 @@ def get_config(arg=None):
     return c
   s = c[a.stage]  # one stage on its own, with the pipeline's shared settings
   s.update(dict(seed=c.seed, data_dir=c.data_dir))
-  s.task, s.eval = c.task, c.eval
+  s.task = c.task
   if a.stage != "base":
-    s.init_from = a.init_from
+    s.init_from, s.eval = a.init_from, c.eval
   return s
 
 

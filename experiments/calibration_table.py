@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 import numpy as np
 
-from caopd_jax.jobs import embedded, opd, pipeline, sft
+from caopd_jax import evaluation
+from caopd_jax.jobs import opd, pipeline, sft
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/calibration_table.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
@@ -44,10 +45,11 @@ def seed_runs(cfg, out):
 def _stage(cfg, name, seed, op, init_from, data_dir):
   c = copy.deepcopy(cfg.pipeline[name])
   with c.unlocked():
-    c.seed, c.data_dir, c.task, c.eval = seed, data_dir, copy.deepcopy(cfg.pipeline.task), cfg.pipeline.eval
+    c.seed, c.data_dir, c.task = seed, data_dir, copy.deepcopy(cfg.pipeline.task)
     c.task.op = op
     if init_from:
       c.init_from = init_from
+      c.eval.enabled = False  # evaluated below, on both tasks
   return c
 
 
@@ -67,11 +69,11 @@ def continual_runs(cfg, out):
       models[(method, "A")], models[(method, "A then B")] = after_a, after_b
     for (method, after), model_dir in models.items():
       for task in (a, b):
-        ev = _stage(cfg, "base", seed, task, "", data_dir)
+        ev = copy.deepcopy(cfg.pipeline)
         with ev.unlocked():
-          ev.eval = copy.deepcopy(cfg.pipeline.eval)
-          ev.eval.splits = ("test",)
-        metrics, _ = embedded.evaluate_model(model_dir, ev, root, f"{method}_{after}_{task}".replace(" ", ""))["test"]
+          ev.data_dir, ev.task.op, ev.eval.splits = data_dir, task, ("test",)
+        name = f"{method}_{after}_{task}".replace(" ", "")
+        metrics, _ = evaluation.evaluate_model(model_dir, ev, root, name)["test"]
         rows.append((seed, method, after, task, metrics))
   return rows
 

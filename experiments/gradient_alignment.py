@@ -27,9 +27,11 @@ import numpy as np
 from flax import nnx
 
 from caopd_jax.diagnostics import alignment as al, lm_alignment
-from caopd_jax.jobs import embedded, sft
+from caopd_jax import tasks
+from caopd_jax.jobs import sft
 from caopd_jax.models import load_hf
-from caopd_jax.prompts import encode_prompts
+from caopd_jax.opd import prompts as opd_prompts
+from caopd_jax.sampling import SamplingConfig
 from caopd_jax.tokenizers import load_tokenizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/gradient_alignment.py")
@@ -185,26 +187,22 @@ def main(_):
   if load_tokenizer(dirs["teacher"]).vocab_size != tok.vocab_size:
     raise ValueError("student and teacher tokenizers differ")
   models = {role: nnx.split(load_hf(d)) for role, d in dirs.items()}
-  task_cfg = cfg.base
-  with task_cfg.unlocked():
-    task_cfg.data_dir = task_cfg.data_dir or os.path.join(bases_dir, "tfds")
-  srcs = embedded.sources(task_cfg, bases_dir)
-  t = embedded.templates(task_cfg.task)
-  widths = embedded.widths(tok, t, embedded.all_records(srcs))
-  pool = list(srcs[cfg.split])
+  task = tasks.get(cfg.base.task)
+  pool = list(task.sources(cfg.base.data_dir or os.path.join(bases_dir, "tfds"),
+                           (cfg.split,))[cfg.split])
   pick = np.random.default_rng(cfg.seed).permutation(len(pool))[:cfg.num_questions]
   records = [pool[i] for i in sorted(pick)]
-  target = encode_prompts(tok, t, records, "demo", widths)["target"]
+  target = opd_prompts.encode(tok, task, records, None, opd_prompts.widths(tok, task, records))["target"]
   horizon = cfg.budget.horizon or int(np.max(np.sum(target >= 0, -1)))
   budget = al.Budget(horizon=horizon, num_candidates=cfg.budget.num_candidates,
                      num_rollouts=cfg.budget.num_rollouts, first=cfg.budget.first,
                      growth=cfg.budget.growth)
-  sampling = embedded.sampling_config(cfg.sampling, tok)
+  sampling = SamplingConfig.from_config(cfg.sampling, tok)
   specs = tuple((l, n, tuple(tuple(x) for x in hp)) for l, n, hp in cfg.objectives)
   teachers = {"self": models["student"], "strong": models["teacher"]}
   contexts = {k: tuple(v) for k, v in cfg.contexts.items()}
-  out = lm_alignment.measure(jax.random.key(cfg.seed), models["student"], teachers, tok, t,
-                             records, widths, num_samples=cfg.num_samples, sampling=sampling,
+  out = lm_alignment.measure(jax.random.key(cfg.seed), models["student"], teachers, tok, task,
+                             records, num_samples=cfg.num_samples, sampling=sampling,
                              budget=budget, contexts=contexts, specs=specs,
                              param_nodes=cfg.param_nodes)
   out["horizon"] = horizon

@@ -3,7 +3,7 @@ r"""The 2x2 (prefix source x KL direction), the lambda mix and the entropy-gated
 Each cell runs the `opd` job (prefix_source, objective, curriculum; diag/ metrics on) from one
 base student, then evaluates the trained student on the held-out split: accuracy and calibration
 (caopd_jax.evaluation -> calibration.summarize), and, on the student's own samples at T=1, the
-mean token entropy and the completion length (caopd_jax.prefixes.heldout_stats). The last logged
+mean token entropy and the completion length (caopd_jax.opd.curriculum.heldout_stats). The last logged
 training diagnostics (student / teacher entropy, fraction of negative sampled-token rewards) are
 tabulated beside them.
 
@@ -25,11 +25,12 @@ from ml_collections import config_flags
 import numpy as np
 from flax import nnx
 
-from caopd_jax import prefixes
-from caopd_jax.jobs import embedded, opd, sft
+from caopd_jax import evaluation, tasks
+from caopd_jax.jobs import opd, sft
 from caopd_jax.logging_utils import read_jsonl
 from caopd_jax.models import load_hf
-from caopd_jax.prompts import encode_prompts
+from caopd_jax.opd import curriculum, prompts as opd_prompts
+from caopd_jax.sampling import SamplingConfig
 from caopd_jax.tokenizers import load_tokenizer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/objective_grid.py")
@@ -72,16 +73,14 @@ def heldout(model_dir, cfg, data_dir, workdir):
   prompts (the sampling settings of the OPD rollouts, no length limit)."""
   tok = load_tokenizer(model_dir)
   graphdef, params = nnx.split(load_hf(model_dir))
-  c = cfg.opd.copy_and_resolve_references()
-  with c.unlocked():
-    c.data_dir = data_dir
-  srcs = embedded.sources(c, workdir)
-  t = embedded.templates(c.task)
-  widths = embedded.widths(tok, t, embedded.all_records(srcs))
-  recs = list(srcs[c.eval.splits[0]])[:cfg.heldout_prompts]
-  p = encode_prompts(tok, t, recs, "demo", widths)
-  sampling = embedded.sampling_config(c.sampling, tok)
-  ent, length = prefixes.heldout_stats(graphdef, params, jnp.asarray(p["student_prompt"]),
+  del workdir
+  c = cfg.opd
+  task = tasks.get(c.task)
+  split = c.eval.splits[0]
+  recs = list(task.sources(data_dir, (split,))[split])[:cfg.heldout_prompts]
+  p = opd_prompts.encode(tok, task, recs, None, opd_prompts.widths(tok, task, recs))
+  sampling = SamplingConfig.from_config(c.sampling, tok)
+  ent, length = curriculum.heldout_stats(graphdef, params, jnp.asarray(p["student_prompt"]),
                                        jnp.asarray(p["student_valid"]),
                                        jax.random.key(cfg.seed + 11), sampling.max_new_tokens,
                                        sampling=sampling)
@@ -92,7 +91,7 @@ def evaluate(name, model_dir, cfg, data_dir, out_dir, run_dir=None):
   c = cfg.opd.copy_and_resolve_references()
   with c.unlocked():
     c.data_dir = data_dir
-  evals = embedded.evaluate_model(model_dir, c, os.path.join(out_dir, "eval_work"), name)
+  evals = evaluation.evaluate_model(model_dir, c, os.path.join(out_dir, "eval_work"), name)
   metrics, _ = evals[c.eval.splits[0]]
   row = {k: metrics[k] for k in ("accuracy", "ece", "brier", "ocg", "mean_confidence")}
   row["heldout_entropy"], row["heldout_length"] = heldout(model_dir, cfg, data_dir,
@@ -110,9 +109,9 @@ def evaluate(name, model_dir, cfg, data_dir, out_dir, run_dir=None):
 def markdown(cfg, rows, n_eval, seconds):
   o = cfg.opd
   head = (f"OPD cells: {o.steps} steps x {o.prompts_per_step} prompts x {o.num_samples} "
-          f"samples, lr {o.optim.lr}, EMA teacher (alpha {o.ema_alpha}) with the "
+          f"samples, lr {o.optim.lr}, EMA teacher (alpha {o.teacher.ema_alpha}) with the "
           f"`{o.teacher_context}` context, reduction {o.objective.hparams.reduction}; eval: "
-          f"{n_eval} held-out questions, one sample each at T={o.eval.temperature}; held-out "
+          f"{n_eval} held-out questions, one sample each at T={o.eval.sampling.temperature}; held-out "
           f"entropy/length: {cfg.heldout_prompts} questions; {seconds:.0f} s.\n")
   names = ("accuracy", "ECE", "Brier", "OCG", "mean conf", "held-out token entropy",
            "held-out length", "train H(student)", "train H(teacher)", "train neg-reward frac",
@@ -160,9 +159,8 @@ def main(_):
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-  n_eval = cfg.opd.eval.limit or len(list(embedded.sources(
-      cell_config(cfg, cfg.cells[0], base, data_dir), os.path.join(out_dir, "eval_work"))[
-          cfg.opd.eval.splits[0]]))
+  split = cfg.opd.eval.splits[0]
+  n_eval = cfg.opd.eval.limit or len(tasks.get(cfg.opd.task).sources(data_dir, (split,))[split])
   md = markdown(cfg, rows, n_eval, time.time() - t0)
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(md)

@@ -22,3 +22,16 @@ def pytest_collection_finish(session):
          for item in session.items):
     import test_sweep  # pylint: disable=import-outside-toplevel
     test_sweep.start_background()
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def real_env(tmp_path_factory):
+  """The real-data environment of tests/real_env.py (skips when the eval splits are absent)."""
+  import real_env as env  # pylint: disable=import-outside-toplevel
+  import shared_eval  # pylint: disable=import-outside-toplevel
+  if not shared_eval.FOUND:
+    pytest.skip(shared_eval.REASON)
+  return env.build(tmp_path_factory.mktemp("real"))

@@ -27,9 +27,9 @@ import pytest
 from flax import nnx
 
 from caopd_jax import sharding
-from caopd_jax.checkpoint import Checkpointer, NoValidCheckpointError
+from caopd_jax.train.checkpoint import Checkpointer, NoValidCheckpointError
 from caopd_jax.models import ModelConfig, Transformer
-from caopd_jax.train_step import init_state
+from caopd_jax.train.step import init_state
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Compile time dominates these subprocess tests; XLA's backend optimisation level only changes

@@ -1,5 +1,5 @@
 """Per-token training diagnostics against numpy brute force; the train step's diag/ metrics;
-the teacher-prefix batch and the length curriculum (caopd_jax.prefixes)."""
+the teacher-prefix batch and the length curriculum (caopd_jax.opd.curriculum)."""
 
 import functools
 
@@ -12,11 +12,12 @@ from flax import nnx
 from caopd_jax.diagnostics import token_stats as ts
 from caopd_jax.models import ModelConfig, Transformer
 from caopd_jax.objectives.chunked import project
-from caopd_jax.prompts import Templates
-from caopd_jax.tokenizers import CharTokenizer
-from caopd_jax.train_step import init_state, make_opd_step
+from caopd_jax import tasks
+from configs import common
+from caopd_jax.train.step import init_state, make_opd_step
 
-TOK = CharTokenizer(pieces=Templates().pieces())
+TASK = tasks.get(common.arithmetic_task(pad_operands=False, answer_order="msb"))
+TOK = TASK.new_tokenizer()
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,31 +142,38 @@ def test_train_step_diagnostics_flag():
   np.testing.assert_allclose(float(m2["train/loss"]), float(loss), rtol=1e-5)
 
 
-# ---- caopd_jax.prefixes: teacher-prefix batches and the length curriculum ---------------------
+# ---- teacher-prefix batches (caopd_jax.opd.iteration) and the length curriculum ---------------------
 
 def test_teacher_prefix_batch_decodes_to_teacher_samples():
   """Teacher rollouts are sampled with the teacher's privileged context (the same tokens as an
   independent encoding of it give) and the batch scores exactly those tokens: after the
-  student's own prompt for the student, after that context for the teacher."""
-  from caopd_jax.iteration import make_iteration  # pylint: disable=g-import-not-at-top
-  from caopd_jax.prefixes import teacher_rollouts, truncate_completion
-  from caopd_jax.prompts import auto_widths, encode_prompts, teacher_text
-  from caopd_jax.sampling import SamplingConfig, sample
-  from caopd_jax.tokenizers import pad_left
-  t, tok = Templates(), TOK
-  records = [{"question": "12+7", "answer": "19"}, {"question": "45+68", "answer": "113"}]
+  student's own prompt for the student, after that context for the teacher; max_completion
+  cuts the loss mask."""
+  from caopd_jax import contexts  # pylint: disable=g-import-not-at-top
+  from caopd_jax.opd import prompts, verify  # pylint: disable=g-import-not-at-top
+  from caopd_jax.opd.iteration import Iteration  # pylint: disable=g-import-not-at-top
+  from caopd_jax.sampling import SamplingConfig, sample  # pylint: disable=g-import-not-at-top
+  from caopd_jax.tokenizers import pad_left  # pylint: disable=g-import-not-at-top
+  tok, ctx = TOK, contexts.get("demo")
+  records = [{"id": 0, "question": "12+7", "answer": "19"}, {"id": 1, "question": "45+68", "answer": "113"}]
   k = 3
   graphdef, params = tiny_model()
   sampling = SamplingConfig(max_new_tokens=6, stop_ids=(tok.eos_id,), pad_id=tok.pad_id)
-  it = make_iteration(graphdef, None, tok, t, num_samples=k, sampling=sampling, caopd=False,
-                      mode="demo")
-  prompts = jax.tree.map(jnp.asarray, encode_prompts(tok, t, records, "demo",
-                                                     auto_widths(tok, t, records, "demo")))
+  it = Iteration(graphdef, graphdef, None, verify.make(TASK, tok, records, num_samples=k, width=6),
+                 ctx, prompts.constants(tok, TASK, ctx, records, k), k, sampling,
+                 prefix_source="teacher")
+  p = prompts.encode(tok, TASK, records, ctx, prompts.widths(tok, TASK, records, ctx))
+  p = jax.tree.map(jnp.asarray, {**p, "max_completion": np.array([2, 4], np.int32)})
   key = jax.random.key(5)
-  batch, metrics, samples, correct = jax.jit(
-      lambda p, key: teacher_rollouts(it, graphdef, params, p, key, num_samples=k,
-                                      sampling=sampling))(prompts, key)
-  ctx_text = [teacher_text(t, "demo", r["question"], t.written(r["answer"]), "1.00", note=False)
+  state = init_state(params, optax.sgd(0.0), teacher=params)
+
+  @jax.jit
+  def run(state, p, key):
+    samples, verdict = it.rollout(state, p, key)
+    return (samples, verdict), it.batch(p, samples, verdict)
+
+  (samples, verdict), (batch, metrics) = run(state, p, key)
+  ctx_text = [prompts.teacher_text(tok, TASK, r, ctx, TASK.solution_text(r), "1.00", note=False)
               for r in records]
   ids, valid = pad_left([tok.encode(ctx_text[i // k]) for i in range(2 * k)], 64, tok.pad_id)
   ref = sample(graphdef, params, jnp.asarray(ids), jnp.asarray(valid), key, sampling)
@@ -174,18 +182,17 @@ def test_teacher_prefix_batch_decodes_to_teacher_samples():
   dec = lambda x, m: tok.decode(np.asarray(x)[np.asarray(m)], skip_special=False)
   for row in range(2 * k):
     comp = dec(samples.tokens[row], samples.mask[row])
-    assert dec(batch["student_tokens"][row, -c:], batch["completion_mask"][row]) == comp
+    assert dec(batch["student_tokens"][row, -c:], batch["student_valid"][row, -c:]) == comp
     assert dec(batch["student_tokens"][row], batch["student_valid"][row]) == (
-        t.student.format(question=records[row // k]["question"]) + comp)
+        TASK.student_text(tok, records[row // k]) + comp)
     assert dec(batch["teacher_tokens"][row], batch["teacher_valid"][row]) == ctx_text[row // k] + comp
-  np.testing.assert_allclose(metrics["rollout/accuracy"], np.mean(correct))
-  cut = truncate_completion(batch, jnp.asarray([2, 4]), k)["completion_mask"]
-  np.testing.assert_array_equal(cut, np.asarray(batch["completion_mask"])
+  np.testing.assert_allclose(metrics["rollout/accuracy"], np.mean(verdict.correct))
+  np.testing.assert_array_equal(batch["completion_mask"], np.asarray(samples.mask)
                                 & (np.arange(c)[None] < np.repeat([2, 4], k)[:, None]))
 
 
 def test_length_curriculum_rule():
-  from caopd_jax.prefixes import LengthCurriculum  # pylint: disable=g-import-not-at-top
+  from caopd_jax.opd.curriculum import LengthCurriculum  # pylint: disable=g-import-not-at-top
   cur = LengthCurriculum(start=4, increment=4, max_len=10, every=5, h_min=0.5)
   assert cur.next_length(4, 0.6) == 8 and cur.next_length(8, 0.9) == 10
   assert cur.next_length(8, 0.4) == 8   # entropy below H_min: hold the length

@@ -37,7 +37,7 @@ def worker(out, coordinator=None, num_processes=1, process_id=0):
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from test_sharding import B, problem  # pylint: disable=g-import-not-at-top
   from caopd_jax import sharding  # pylint: disable=g-import-not-at-top
-  from caopd_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  from caopd_jax.train.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == 8 and jax.process_count() == num_processes
   assert jax.local_device_count() == 8 // num_processes

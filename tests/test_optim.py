@@ -1,16 +1,16 @@
 """Optimizer/schedule construction from configs."""
 
-import ml_collections
 import numpy as np
 import pytest
 
-from caopd_jax.optim import make_optimizer
+from caopd_jax.train.optim import make_optimizer
+from configs import common
 
 
 def cfg(**kw):
-  base = dict(name="adamw", lr=2e-5, schedule="cosine", warmup_frac=0.1, grad_clip=1.0)
-  base.update(kw)
-  return ml_collections.ConfigDict(base)
+  c = common.opd().optim  # every field the optimizer reads
+  c.update({**dict(lr=2e-5, schedule="cosine", warmup_frac=0.1, grad_clip=1.0), **kw})
+  return c
 
 
 def test_cosine_with_warmup_matches_formula():

@@ -8,7 +8,6 @@ from flax import nnx
 from scipy import stats
 
 from caopd_jax.models import ModelConfig, Transformer
-from caopd_jax.rollouts import rollouts
 from caopd_jax.sampling import (SamplingConfig, sample, sample_token, truncate_logits,
                                 valid_from_lengths)
 
@@ -177,23 +176,31 @@ def test_grow_cache_pads_empty_slots_and_rejects_shrinking():
     SamplingConfig(max_new_tokens=4, decode_segments=0)
 
 
-def first_token_is(tokens, mask, target):
-  return (tokens[:, 0] == target[:, 0]) & mask[:, 0]
-
-
 def test_p_acc_is_fraction_of_verified_rollouts(tiny):
+  """K rollouts per prompt through the iteration; P_acc (rollout/accuracy per prompt) is the
+  fraction the verifier accepts; rollouts of one prompt differ."""
+  import types  # pylint: disable=g-import-not-at-top
+  from caopd_jax import contexts  # pylint: disable=g-import-not-at-top
+  from caopd_jax.opd.iteration import Iteration  # pylint: disable=g-import-not-at-top
+  from caopd_jax.opd.verify import Verdict  # pylint: disable=g-import-not-at-top
   _, graphdef, params, prompt, valid = tiny
   k = 8
   cfg = SamplingConfig(max_new_tokens=3, temperature=1.5)
   targets = jnp.arange(4)[:, None] + 10
-  r = rollouts(graphdef, params, prompt, valid, targets, jax.random.key(5), cfg, k, first_token_is)
-  first = np.asarray(r.samples.tokens)[:, 0].reshape(4, k)
-  expected = (first == np.asarray(targets)).mean(1)
-  np.testing.assert_array_equal(np.asarray(r.correct), first == np.asarray(targets))
-  np.testing.assert_allclose(np.asarray(r.p_acc), expected)
-  assert set(np.round(np.asarray(r.p_acc) * k, 6)) <= set(range(k + 1))
+
+  def first_token_is(p, s):
+    ok = (s.tokens[:, 0] == jnp.repeat(p["target"][:, 0], k)) & s.mask[:, 0]
+    return Verdict(ok.reshape(-1, k), s.tokens, s.lengths, {})
+
+  it = Iteration(graphdef, None, None, first_token_is, contexts.get("none"), None, k, cfg)
+  p = {"student_prompt": prompt, "student_valid": valid, "target": targets}
+  roll = jax.jit(lambda params, p, key: it.rollout(types.SimpleNamespace(params=params), p, key))
+  samples, verdict = roll(params, p, jax.random.key(5))
+  first = np.asarray(samples.tokens)[:, 0].reshape(4, k)
+  np.testing.assert_array_equal(np.asarray(verdict.correct), first == np.asarray(targets))
+  assert samples.tokens.shape == (4 * k, 3)
   # Rollouts of the same prompt differ (independent keys per row).
-  assert len({tuple(t) for t in np.asarray(r.samples.tokens)[:k]}) > 1
+  assert len({tuple(t) for t in np.asarray(samples.tokens)[:k]}) > 1
 
 
 def nucleus_by_definition(logits, top_p):

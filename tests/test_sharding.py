@@ -32,7 +32,7 @@ def problem():
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from caopd_jax.models import ModelConfig, Transformer  # pylint: disable=g-import-not-at-top
   from caopd_jax.sampling import SamplingConfig  # pylint: disable=g-import-not-at-top
-  from caopd_jax.train_step import init_state, make_opd_step  # pylint: disable=g-import-not-at-top
+  from caopd_jax.train.step import init_state, make_opd_step  # pylint: disable=g-import-not-at-top
 
   cfg = ModelConfig.tiny("qwen3", vocab_size=V, num_heads=8, num_kv_heads=4, num_layers=1)
   graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))

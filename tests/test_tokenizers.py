@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from caopd_jax.prompts import Templates
+from caopd_jax import tasks
+from configs import common
 from caopd_jax.tokenizers import CharTokenizer, HFTokenizer, load_tokenizer, pad_left, pad_right
 
 
@@ -29,9 +30,10 @@ def test_pieces_are_greedy_longest_first_and_round_trip(tmp_path):
   tok.save(str(tmp_path))
   again = load_tokenizer(str(tmp_path))
   assert again.encode("abcab") == tok.encode("abcab") and again.vocab_size == tok.vocab_size
-  t = Templates()
-  tok = CharTokenizer(pieces=t.pieces())
-  s = t.student.format(question="12+7") + t.response.format(answer="19", confidence="0.50")
+  t = tasks.get(common.arithmetic_task(pad_operands=False, answer_order="msb"))
+  tok = t.new_tokenizer()
+  r = {"question": "12+7", "answer": "19"}
+  s = t.student_text(tok, r) + t.response_text(r, "0.50")
   assert tok.decode(tok.encode(s)) == s and len(tok.encode(s)) == 1 + 4 + 1 + 2 + 1 + 4
 
 

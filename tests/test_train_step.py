@@ -9,7 +9,7 @@ from flax import nnx
 
 from caopd_jax import objectives
 from caopd_jax.models import ModelConfig, Transformer
-from caopd_jax.train_step import (cosine, init_state, make_opd_step, make_sft_step, sft_loss)
+from caopd_jax.train.step import (cosine, init_state, make_opd_step, make_sft_step, sft_loss)
 
 V, PS, PT, C, B = 37, 5, 9, 6, 4
 

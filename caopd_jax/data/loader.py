@@ -123,13 +123,8 @@ def prepare(name: str, data_dir: str | os.PathLike, **kw) -> tfds.core.DatasetBu
         return builder
       log.warning("%s: source %s changed (fingerprint %s -> %s); re-preparing.", name, root,
                   old, fp)
-      # tfds cannot FORCE_REDOWNLOAD through a builder whose info was read from disk, so move
-      # the stale copy aside (atomic rename), delete it, and prepare with a fresh builder.
-      stale = os.fspath(builder.data_dir)
-      trash = f"{stale}.stale-{os.getpid()}"
-      os.replace(stale, trash)
-      shutil.rmtree(trash, ignore_errors=True)
-      builder = get_builder(name, data_dir, **kw)
+      _replace_prepared(name, data_dir, root, kw, os.fspath(builder.data_dir))
+      return get_builder(name, data_dir, **kw)
     builder.download_and_prepare(
         file_format=FILE_FORMAT, download_config=tfds.download.DownloadConfig(manual_dir=root))
     # Re-open so that `info` (splits, metadata) is read back from disk.
@@ -138,6 +133,23 @@ def prepare(name: str, data_dir: str | os.PathLike, **kw) -> tfds.core.DatasetBu
     builder.download_and_prepare(file_format=FILE_FORMAT)
     builder = get_builder(name, data_dir, **kw)
   return builder
+
+
+def _replace_prepared(name, data_dir, manual_dir, kw, prepared: str):
+  """Prepares into a temporary data_dir and swaps the result in only once it succeeded, so a
+  bad new source (e.g. a corrupt manual_dir) leaves the prepared copy as it was."""
+  tmp_root = f"{os.fspath(data_dir)}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp_root, ignore_errors=True)
+  try:
+    fresh = get_builder(name, tmp_root, **kw)
+    fresh.download_and_prepare(file_format=FILE_FORMAT,
+                               download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    trash = f"{prepared}.stale-{os.getpid()}"
+    os.replace(prepared, trash)
+    os.replace(os.fspath(fresh.data_dir), prepared)
+    shutil.rmtree(trash, ignore_errors=True)
+  finally:
+    shutil.rmtree(tmp_root, ignore_errors=True)
 
 
 def get_source(name: str, split: str, data_dir: str | os.PathLike, *, decode_json: bool = True,
@@ -314,7 +326,7 @@ class BatchIterator:
 
   def batch(self, step: int):
     """This process's records of global batch `step` (reads only its slice)."""
-    recs = self.source.__getitems__(self.indices(step).tolist())
+    recs = get_items(self.source, self.indices(step).tolist())
     return self.transform(recs) if self.transform else recs
 
   # -------------------------------------------------------------- iteration / checkpointing
@@ -356,6 +368,32 @@ class BatchIterator:
     if step < 0 or (self.num_steps is not None and step > self.num_steps):
       raise ValueError(f"state step {step} out of range (num_steps={self.num_steps}).")
     self.step = step
+
+
+class head:  # pylint: disable=invalid-name
+  """The first `n` records of a random-access source (same interface; smoke runs)."""
+
+  def __init__(self, source, n: int):
+    self.source, self.n = source, min(int(n), len(source))
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return self.source[range(self.n)[i]]
+
+  def __getitems__(self, indices):
+    return get_items(self.source, [range(self.n)[i] for i in indices])
+
+  def __iter__(self):
+    return iter(get_items(self.source, list(range(self.n))))
+
+
+def get_items(source, indices) -> list:
+  """source.__getitems__(indices), or one item at a time (e.g. a plain list of records)."""
+  if hasattr(source, "__getitems__"):
+    return source.__getitems__(indices)
+  return [source[int(i)] for i in indices]
 
 
 def as_columns(records: Sequence[dict]) -> dict[str, list]:

@@ -1,14 +1,15 @@
 """Gradient alignment on the embedded task: student rollouts, targeted rollouts at budgeted nodes,
 and the alignment of every objective's direction under each teacher context.
 
-  out = measure(key, student, teachers, tokenizer, templates, records, widths, num_samples=K,
+  out = measure(key, student, teachers, tokenizer, task, records, num_samples=K,
                 sampling=..., budget=alignment.Budget(...), contexts={"self": ("demo",
                 "correct_solution"), "strong": ("demo", "correct_solution", "none")})
 
-student / teachers: (graphdef, params) of HF models sharing the tokenizer. Contexts: "demo" and
-"correct_solution" are the OPD teacher contexts of `caopd_jax.iteration` (the solution is the
-first verified rollout of the question, else the demonstration); "none" scores the teacher on
-the student's own prompt (identically zero gradients when the teacher IS the student).
+student / teachers: (graphdef, params) of HF models sharing the tokenizer; task: a task that
+verifies in the graph (caopd_jax.tasks). Contexts by name (caopd_jax.contexts): "demo",
+"correct_solution" (the first verified rollout of the question, else the demonstration) and
+"none" (the teacher scores the student's own prompt: identically zero gradients when the teacher
+IS the student).
 The student rollouts and p_succ are shared by every (teacher, context), so comparisons between
 contexts are paired. Returns numpy arrays (see `measure`).
 """
@@ -20,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from caopd_jax import contexts as contexts_lib
 from caopd_jax.diagnostics import alignment as al
-from caopd_jax.iteration import make_iteration
-from caopd_jax.prompts import encode_prompts
-from caopd_jax.rollouts import rollouts
-from caopd_jax.verifiers import exact_match_tokens
+from caopd_jax.opd import batch as opd_batch, prompts as opd_prompts, verify as opd_verify
+from caopd_jax.opd.verify import exact_match_tokens
+from caopd_jax.sampling import sample
 
 F32 = jnp.float32
 
@@ -105,20 +106,26 @@ def pad_teacher(batch, width, pad_id=0):
           "teacher_valid": jnp.pad(batch["teacher_valid"], [(0, 0), (extra, 0)])}
 
 
-def _context_batch(it, prompts, samples, correct, context):
-  batch = it.build_batch(prompts, samples, correct)[0]
-  if context == "none":  # the teacher sees exactly the student's prompt
-    batch = {**batch, "teacher_tokens": batch["student_tokens"],
-             "teacher_valid": batch["student_valid"]}
-  return batch
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling", "verify", "num_samples"))
+def _rollouts(graphdef, params, prompts, key, *, sampling, verify, num_samples):
+  rep = lambda x: jnp.repeat(x, num_samples, axis=0)
+  samples = sample(graphdef, params, rep(prompts["student_prompt"]), rep(prompts["student_valid"]),
+                   key, sampling)
+  return samples, verify(prompts, samples)
 
 
-def measure(key, student, teachers, tokenizer, templates, records, widths, *, num_samples,
-            sampling, budget, contexts, specs=al.DEFAULT_OBJECTIVES, param_nodes=0):
+@functools.partial(jax.jit, static_argnames=("context", "num_samples"))
+def _context_batch(prompts, samples, verdict, consts, *, context, num_samples):
+  d, _ = opd_batch.draft(prompts, samples, verdict, context, consts, num_samples)
+  return opd_batch.assemble(d._replace(behavior_logprobs=None), num_samples)
+
+
+def measure(key, student, teachers, tokenizer, task, records, *, num_samples, sampling, budget,
+            contexts, specs=al.DEFAULT_OBJECTIVES, param_nodes=0):
   """Alignment of every objective under every (teacher, context) at budgeted nodes.
 
   student: (graphdef, params); teachers: {name: (graphdef, params)}; contexts: {teacher name:
-  tuple of contexts}; records: B questions {question, answer}; num_samples: K rollouts each.
+  tuple of context names}; records: B questions; num_samples: K rollouts each.
   Returns a dict of numpy arrays over N = B * K chains and K_w windows:
     question [N], correct [N], length [N], positions/weights/pbar/coverage/p_sampled [N, K_w],
     cos[(teacher, context, label)] and ok[(teacher, context, label)] [N, K_w],
@@ -126,29 +133,30 @@ def measure(key, student, teachers, tokenizer, templates, records, widths, *, nu
     at up to `param_nodes` scored nodes (all parameters vs output kernel at fixed features).
   """
   graphdef, params = student
-  enc = {m: {k: jnp.asarray(v) for k, v in encode_prompts(tokenizer, templates, records, m,
-                                                          widths).items()}
-         for m in ("demo", "correct_solution")}
-  p = enc["demo"]
+  names = sorted({c for ctxs in contexts.values() for c in ctxs})
+  enc = {}
+  for name in names:
+    ctx = contexts_lib.get(name)
+    widths = opd_prompts.widths(tokenizer, task, records, ctx)
+    enc[name] = (ctx, {k: jnp.asarray(v) for k, v in opd_prompts.encode(
+        tokenizer, task, records, ctx, widths).items()},
+        opd_prompts.constants(tokenizer, task, ctx, records, num_samples))
+  p = enc[names[0]][1]
   k_roll, k_nodes = jax.random.split(key)
-  r = rollouts(graphdef, params, p["student_prompt"], p["student_valid"], p["target"], k_roll,
-               sampling, num_samples, exact_match_tokens)
+  verify = opd_verify.make(task, tokenizer, records, num_samples=num_samples,
+                           width=sampling.max_new_tokens)
+  samples, verdict = _rollouts(graphdef, params, p, k_roll, sampling=sampling, verify=verify,
+                               num_samples=num_samples)
   rep = lambda x: jnp.repeat(x, num_samples, axis=0)
   nodes = targeted_nodes(graphdef, params, rep(p["student_prompt"]), rep(p["student_valid"]),
-                         rep(p["target"]), r.samples.tokens, r.samples.lengths, k_nodes,
+                         rep(p["target"]), samples.tokens, samples.lengths, k_nodes,
                          sampling=sampling, budget=budget)
   out = {"question": np.repeat(np.arange(len(records)), num_samples),
-         "correct": np.asarray(r.correct).reshape(-1), "length": np.asarray(r.samples.lengths),
+         "correct": np.asarray(verdict.correct).reshape(-1), "length": np.asarray(samples.lengths),
          "cos": {}, "ok": {}, "param_check": {}}
-  its = {m: make_iteration(graphdef, None, tokenizer, templates, num_samples=num_samples,
-                           sampling=sampling, caopd=False, mode=m)
-         for m in ("demo", "correct_solution")}
-  batches = {}
-  for name, ctxs in contexts.items():
-    for ctx in ctxs:
-      m = "demo" if ctx == "none" else ctx
-      batches[ctx] = jax.jit(_context_batch, static_argnums=(0, 4))(
-          its[m], enc[m], r.samples, r.correct, ctx)
+  batches = {name: _context_batch(prompts, samples, verdict, consts, context=ctx,
+                                  num_samples=num_samples)
+             for name, (ctx, prompts, consts) in enc.items()}
   width = max(b["teacher_tokens"].shape[1] for b in batches.values())
   batches = {k: pad_teacher(b, width, sampling.pad_id) for k, b in batches.items()}
   specs = tuple(specs)

@@ -1,4 +1,4 @@
-"""Job `caopd_pipeline` (the default `python run.py`): base -> OPD -> CaOPD on the embedded task,
+"""Job `caopd_pipeline` (the default `python run.py`): base -> OPD -> CaOPD on config.task,
 then the calibration table on the held-out split(s).
 
 Stages run in WORKDIR/{base,opd,caopd}; a finished stage is reused, an interrupted one resumes.
@@ -11,17 +11,18 @@ import os
 
 import jax
 
-from caopd_jax import plots
-from caopd_jax.jobs import embedded, opd, sft
+from caopd_jax import data, evaluation, plots
+from caopd_jax.jobs import opd, sft
 
 STAGES = ("base", "opd", "caopd")
 COLUMNS = ("accuracy", "ece", "brier", "spr", "ocg", "auroc", "mean_confidence", "adherence")
 
 
 def _stage_config(config, name):
+  """A stage's config with the pipeline's seed, data and task."""
   c = config[name]
   with c.unlocked():
-    c.seed, c.data_dir, c.task, c.eval = config.seed, config.data_dir, config.task, config.eval
+    c.seed, c.data_dir, c.task = config.seed, config.data_dir, config.task
   return c
 
 
@@ -36,18 +37,19 @@ def table(results, columns=COLUMNS) -> str:
 def main(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   with config.unlocked():
-    config.data_dir = config.data_dir or embedded.data_dir(config, workdir)
+    config.data_dir = config.data_dir or data.data_dir_for(workdir)
   base_dir = sft.main(_stage_config(config, "base"), os.path.join(workdir, "base"))
   model_dirs = {"base": base_dir}
   for name in ("opd", "caopd"):
     c = _stage_config(config, name)
     with c.unlocked():
       c.init_from = base_dir
+      c.eval.enabled = False  # the pipeline evaluates every stage below
     model_dirs[name] = opd.main(c, os.path.join(workdir, name))
 
   splits, scored = {}, {}
   for stage in STAGES:
-    evals = embedded.evaluate_model(model_dirs[stage], config, workdir, stage)
+    evals = evaluation.evaluate_model(model_dirs[stage], config, workdir, stage)
     for split, (metrics, s) in evals.items():
       splits.setdefault(split, {})[stage] = metrics
       scored.setdefault(split, {})[stage] = (s["conf"] * s["parsed"], s["correct"])

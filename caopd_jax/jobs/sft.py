@@ -1,7 +1,16 @@
-"""Job `sft`: the base student's supervised warm-up from scratch (configs/base.py).
+"""Job `sft`: the base student's supervised warm-up from scratch (configs/base.py), on any task
+with a tokenizer of its own (`task.new_tokenizer`).
 
-Writes WORKDIR/model (HF checkpoint + tokenizer, loadable by transformers); a later run finds it
-and does nothing (the pipeline's cache), an interrupted one resumes from WORKDIR/checkpoints.
+The warm-up stands in for pretraining + instruction tuning of a real LLM. It mixes formats
+(config.mix: (name, probability) pairs):
+  student       the student prompt -> response stating its confidence "habit" for the record's
+                difficulty (config.habit, from the lowest difficulty of the train split up)
+  <context>     a teacher context (caopd_jax.contexts: demo, correct_solution) whose stated
+                confidence c is drawn uniformly from the K-grid, with a note stating c with
+                probability note_prob -> response stating c
+so the base answers with partial, difficulty-dependent accuracy and a confidence habit, and, as a
+teacher, uses a demonstration and follows a stated confidence (what an LLM teacher brings to
+SDFT / CaOPD). Writes WORKDIR/model; a finished run is reused, an interrupted one resumes.
 """
 
 import logging
@@ -11,37 +20,77 @@ import jax
 import numpy as np
 from flax import nnx
 
-from caopd_jax import data, distributed, sft_data
-from caopd_jax.caopd import format_confidence
-from caopd_jax.jobs import embedded
-from caopd_jax.models import Transformer, save_hf
-from caopd_jax.optim import make_optimizer
-from caopd_jax.prompts import teacher_text
-from caopd_jax.tokenizers import CharTokenizer
-from caopd_jax.train_step import init_state, make_sft_step
-from caopd_jax.trainer import train_loop
+from caopd_jax import contexts, data, distributed, tasks, workdir as workdir_lib
+from caopd_jax.models import ModelConfig, Transformer, save_hf
+from caopd_jax.opd.caopd import format_confidence
+from caopd_jax.opd.prompts import teacher_text
+from caopd_jax.tokenizers import pad_right
+from caopd_jax.train.loop import train_loop
+from caopd_jax.train.optim import make_optimizer
+from caopd_jax.train.step import init_state, make_sft_step
 
 
-def sequence_width(tokenizer, t, records, round_to=8):
-  """Longest SFT sequence any record can produce (longest teacher format, with the note)."""
-  longest = max(len(tokenizer.encode(teacher_text(t, m, r["question"], t.written(r["answer"]),
-                                                  format_confidence(1, 8), True) + r["answer"]))
-                for r in records for m in ("demo", "correct_solution"))
-  extra = len(tokenizer.encode(t.response.format(answer="", confidence="0.00"))) + 1
-  return -(-(longest + extra) // round_to) * round_to
+def sft_texts(records, task, tokenizer, rng: np.random.Generator, *, mix, habit, levels,
+              num_samples: int, note_prob: float):
+  """[(prompt, response)] for a batch of records (see the module docstring)."""
+  names, probs = zip(*mix)
+  formats = rng.choice(len(names), size=len(records), p=np.asarray(probs) / np.sum(probs))
+  out = []
+  for r, f in zip(records, formats):
+    if names[f] == "student":
+      level = levels.index(r.get("difficulty", levels[0]))
+      out.append((task.student_text(tokenizer, r),
+                  task.response_text(r, f"{habit[min(level, len(habit) - 1)]:.2f}")))
+    else:
+      conf = format_confidence(int(rng.integers(num_samples + 1)), num_samples)
+      note = bool(rng.random() < note_prob)
+      out.append((teacher_text(tokenizer, task, r, contexts.get(names[f]), task.solution_text(r),
+                               conf, note), task.response_text(r, conf)))
+  return out
+
+
+def encode_sft(tokenizer, texts, width: int):
+  """{tokens, valid, loss_mask} [B, width]: prompt ++ response ++ EOS, loss on response + EOS."""
+  seqs, starts = [], []
+  for prompt, response in texts:
+    p = tokenizer.encode(prompt)
+    seqs.append(p + tokenizer.encode(response) + [tokenizer.eos_id])
+    starts.append(len(p))
+  longest = max(len(s) for s in seqs)
+  if longest > width:
+    raise ValueError(f"SFT sequence of {longest} tokens exceeds the configured width {width}.")
+  tokens, valid = pad_right(seqs, width, tokenizer.pad_id)
+  loss_mask = valid & (np.arange(width)[None, :] >= np.asarray(starts)[:, None])
+  return {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}
+
+
+def sequence_width(tokenizer, task, records, mix, round_to=8):
+  """Longest SFT sequence any record can produce (each format, with the note)."""
+  def longest(r, name):
+    if name == "student":
+      prompt = task.student_text(tokenizer, r)
+    else:
+      prompt = teacher_text(tokenizer, task, r, contexts.get(name), task.solution_text(r), "1.00",
+                            True)
+    return len(tokenizer.encode(prompt + task.response_text(r, "1.00"))) + 1
+  n = max(longest(r, name) for r in records for name, _ in mix)
+  return -(-n // round_to) * round_to
 
 
 def main(config, workdir):
   model_dir = os.path.join(workdir, "model")
+  workdir_lib.check_config(workdir, config)  # a rerun / resume with a changed config stops here
   if os.path.exists(os.path.join(model_dir, "config.json")):
     logging.info("Base student already trained: %s", model_dir)
     return model_dir
-  t = embedded.templates(config.task)
-  tokenizer = CharTokenizer(pieces=t.pieces())
-  srcs = embedded.sources(config, workdir)
-  train = srcs["train"]
-  width = sequence_width(tokenizer, t, embedded.all_records(srcs))
-  model = Transformer(embedded.model_config(config.model, tokenizer.vocab_size),
+  task = tasks.get(config.task)
+  tokenizer = task.new_tokenizer()
+  train = task.sources(config.data_dir or data.data_dir_for(workdir),
+                       (config.train_split,))[config.train_split]
+  records = list(train)
+  levels = sorted({r.get("difficulty", 0) for r in records})
+  width = sequence_width(tokenizer, task, records, config.mix)
+  model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, **config.model),
                       rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model)
   optimizer, schedule = make_optimizer(config.optim, config.steps)
@@ -52,17 +101,16 @@ def main(config, workdir):
 
   def get_batch(step):
     rng = np.random.default_rng([config.seed, step])
-    texts = sft_data.sft_texts(batches.batch(step), t, rng, mix=config.mix,
-                               habit_table=config.habit, num_samples=config.num_samples,
-                               note_prob=config.note_prob,
-                               first_level=config.task.get("min_digits", 1))
-    return sft_data.encode_sft(tokenizer, texts, width)
+    texts = sft_texts(batches.batch(step), task, tokenizer, rng, mix=config.mix,
+                      habit=config.habit, levels=levels, num_samples=config.num_samples,
+                      note_prob=config.note_prob)
+    return encode_sft(tokenizer, texts, width)
 
-  step_fn = make_sft_step(graphdef, optimizer, schedule)
-  state = train_loop(workdir=workdir, state=state, step_fn=step_fn, get_batch=get_batch,
-                     total_steps=config.steps, log_every=config.log_every,
-                     checkpoint_every=config.checkpoint_every, desc="base (SFT)",
-                     mesh=config.get("mesh"), keep=config.get("keep_checkpoints", 2))
+  step_fn = make_sft_step(graphdef, optimizer, schedule, on_nonfinite=config.on_nonfinite)
+  state = train_loop(workdir=workdir, state=state, step_fn=step_fn,
+                     get_batch=get_batch, total_steps=config.steps, log_every=config.log_every,
+                     checkpoint_every=config.checkpoint_every, desc=f"base (SFT) {task.name}",
+                     mesh=config.mesh, keep=config.keep_checkpoints)
   if jax.process_index() == 0:
     save_hf(nnx.merge(graphdef, state.params), model_dir + ".tmp", tokenizer=tokenizer)
     os.replace(model_dir + ".tmp", model_dir)

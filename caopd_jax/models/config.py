@@ -29,8 +29,6 @@ class ModelConfig:
   rope_scaling: tuple[tuple[str, Any], ...] | None = None
   rms_norm_eps: float = 1e-6
   tie_word_embeddings: bool = False
-  qkv_bias: bool = False
-  qk_norm: bool = False
   max_position_embeddings: int = 4096
   dtype: str = "float32"  # compute dtype; parameters are always float32
 
@@ -44,6 +42,14 @@ class ModelConfig:
       raise ValueError(f"Unknown dtype {self.dtype!r}; supported: {tuple(_DTYPES)}.")
 
   @property
+  def qkv_bias(self) -> bool:  # Qwen2: biases on the q/k/v projections
+    return self.arch == "qwen2"
+
+  @property
+  def qk_norm(self) -> bool:  # Qwen3: RMSNorm over each head of q and k, before RoPE
+    return self.arch == "qwen3"
+
+  @property
   def compute_dtype(self):
     return _DTYPES[self.dtype]
 
@@ -54,7 +60,6 @@ class ModelConfig:
   def tiny(cls, arch="qwen3", vocab_size=64, **kw) -> "ModelConfig":
     """A few-thousand-parameter model for tests and toy tasks."""
     base = dict(vocab_size=vocab_size, hidden_size=32, num_layers=2, num_heads=4,
-                num_kv_heads=2, head_dim=8, intermediate_size=64, arch=arch,
-                qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3")
+                num_kv_heads=2, head_dim=8, intermediate_size=64, arch=arch)
     base.update(kw)
     return cls(**base)

@@ -111,7 +111,6 @@ def config_from_hf(hf_cfg, dtype="float32") -> ModelConfig:
       intermediate_size=hf_cfg.intermediate_size, arch=arch, rope_theta=float(theta),
       rope_scaling=tuple((k, rope[k]) for k in _ROPE_KEYS) if rope_type == "llama3" else None,
       rms_norm_eps=hf_cfg.rms_norm_eps, tie_word_embeddings=bool(hf_cfg.tie_word_embeddings),
-      qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3",
       max_position_embeddings=hf_cfg.max_position_embeddings, dtype=dtype)
 
 

@@ -25,6 +25,10 @@ from caopd_jax import objectives
 
 _F32 = jnp.float32
 sg = jax.lax.stop_gradient
+# What a step does when its loss, gradient norm or updated parameters are not finite: "stop"
+# (report it in metrics["train/nonfinite"]; the train loop stops before checkpointing that
+# state) or "skip" (keep the previous state, count it in metrics["train/skipped"]).
+NONFINITE_POLICIES = ("stop", "skip")
 # Common hyperparameters shared by the reported objectives (their own ones keep defaults).
 _SHARED = ("reduction", "temperature", "special_token_ids", "skip_first")
 
@@ -54,6 +58,23 @@ def cosine(a, b):
   return tree_dot(a, b) / jnp.maximum(jnp.sqrt(tree_dot(a, a) * tree_dot(b, b)), 1e-30)
 
 
+def guarded_update(state, new_state, loss, grad_norm, metrics, policy: str):
+  """The divergence guard: metrics["train/nonfinite"] = 1 when the loss, gradient norm or new
+  parameters (their norm, which overflows for weights near float32's max) are not finite;
+  with policy "skip" the previous state is kept for that step."""
+  if policy not in NONFINITE_POLICIES:
+    raise ValueError(f"Unknown on_nonfinite policy {policy!r}; valid: {NONFINITE_POLICIES}.")
+  param_norm = optax.tree.norm(new_state.params)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+  metrics["train/param_norm"] = param_norm
+  metrics["train/nonfinite"] = 1.0 - ok.astype(_F32)
+  if policy == "skip":
+    metrics["train/skipped"] = metrics["train/nonfinite"]
+    new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state,
+                             state.replace(step=new_state.step))
+  return new_state, metrics
+
+
 def ema(teacher, student, alpha: float):
   return jax.tree.map(lambda t, s: ((1 - alpha) * t + alpha * s).astype(t.dtype), teacher, student)
 
@@ -67,7 +88,8 @@ def completion_hidden(model, tokens, valid, num_completion: int):
 def make_opd_step(graphdef, teacher_graphdef, optimizer, schedule=None, *, objective: str,
                   hparams=None, report=(), compare_estimators: bool = False,
                   chunk_size: int = 256, ema_alpha: float = 0.0, importance_weights: bool = False,
-                  diagnostics: bool = False, diagnostics_top_k: int = 8):
+                  diagnostics: bool = False, diagnostics_top_k: int = 8,
+                  on_nonfinite: str = "stop"):
   """Returns the pure OPD step optimising `objective` and reporting every objective in `report`.
 
   importance_weights: weight the optimised objective's per-token terms by the truncated ratio
@@ -78,6 +100,7 @@ def make_opd_step(graphdef, teacher_graphdef, optimizer, schedule=None, *, objec
   overlap, negative-reward fraction, log-ratio by position; caopd_jax.diagnostics.token_stats,
   top-K = diagnostics_top_k) over the optimised objective's mask, chunk-wise and without
   gradients; nothing is computed when False.
+  on_nonfinite: the divergence guard's policy (`guarded_update`).
   """
   hparams = dict(hparams or {})
   objectives.get_objective(objective).resolve(hparams)  # fail early on bad names/hparams
@@ -144,8 +167,10 @@ def make_opd_step(graphdef, teacher_graphdef, optimizer, schedule=None, *, objec
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_teacher = ema(state.teacher, params, ema_alpha) if ema_alpha else state.teacher
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         teacher=new_teacher), metrics
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              teacher=new_teacher)
+    return guarded_update(state, new_state, loss, metrics["train/grad_norm"], metrics,
+                          on_nonfinite)
 
   return step
 
@@ -162,7 +187,7 @@ def sft_loss(model, tokens, valid, loss_mask):
   return loss, {"train/loss": loss, "train/token_accuracy": acc, "train/num_tokens": jnp.sum(m)}
 
 
-def make_sft_step(graphdef, optimizer, schedule=None):
+def make_sft_step(graphdef, optimizer, schedule=None, on_nonfinite: str = "stop"):
   """Supervised step on batch {tokens, valid, loss_mask} (all [B, T])."""
 
   def step(state: TrainState, batch):
@@ -170,12 +195,15 @@ def make_sft_step(graphdef, optimizer, schedule=None):
       return sft_loss(nnx.merge(graphdef, params), batch["tokens"], batch["valid"],
                       batch["loss_mask"])
 
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     metrics["train/grad_norm"] = optax.tree.norm(grads)
     if schedule is not None:
       metrics["train/lr"] = jnp.asarray(schedule(state.step), _F32)
-    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state), metrics
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state)
+    return guarded_update(state, new_state, loss, metrics["train/grad_norm"], metrics,
+                          on_nonfinite)
 
   return step

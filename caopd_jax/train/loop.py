@@ -21,12 +21,44 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from caopd_jax import sharding
-from caopd_jax.checkpoint import Checkpointer
+from caopd_jax.train.checkpoint import Checkpointer
 from caopd_jax.logging_utils import MetricWriter
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped early, resume me"
 
 log = logging.getLogger(__name__)
+
+
+class Diverged(RuntimeError):
+  """A step produced a non-finite loss, gradient norm or parameters (policy "stop")."""
+
+
+class _Guard:
+  """The loop's side of the divergence guard (caopd_jax.train.step.guarded_update): the steps'
+  `train/nonfinite` flags stay on the device until the loop syncs anyway (a log line or a
+  checkpoint), and `check` raises Diverged naming the first bad step before that state can be
+  saved. With policy "skip" (`train/skipped` in the metrics) bad steps are only counted."""
+
+  def __init__(self, desc):
+    self.desc, self.pending, self.skipped, self.last_saved = desc, [], 0, None
+
+  def add(self, step, metrics):
+    if "train/nonfinite" in metrics:
+      self.pending.append((step, metrics["train/nonfinite"], "train/skipped" in metrics))
+
+  def check(self):
+    flags = jax.device_get([f for _, f, _ in self.pending])
+    for (step, _, skip), flag in zip(self.pending, flags):
+      if flag and skip:
+        self.skipped += 1
+      elif flag:
+        good = (f"the last good checkpoint (step {self.last_saved}) is kept" if self.last_saved
+                else "no checkpoint of this run was written")
+        raise Diverged(
+            f"{self.desc}: non-finite loss, gradient norm or parameters at step {step}; stopped "
+            f"before saving that state ({good}). Lower the learning rate, check the data, or set "
+            "on_nonfinite='skip' to skip such updates.")
+    self.pending = []
 
 
 class _Preemption:
@@ -123,35 +155,49 @@ def train_loop(*, workdir: str, state, step_fn, get_batch, total_steps: int, log
     return state.replace(params=host_params(state.params))
   _log_layout(mesh, state, state_sh)
   writer = MetricWriter(workdir)
+  writer.truncate(start)  # a resumed run logs the steps after its checkpoint again
+  guard = _Guard(desc)
+  guard.last_saved = start or None
   history, step_jit, batch_sh = [], None, None
-  with _Preemption() as preemption, tqdm(total=total_steps, initial=start, desc=desc,
-                                          disable=jax.process_index() != 0) as bar:
-    for step in range(start, total_steps):
-      local_batch = get_batch(step)
-      if step_jit is None:
-        batch_sh = sharding.batch_shardings(local_batch, mesh, rules, global_shapes=False)
-        step_jit = sharding.jit_train_step(step_fn, mesh, state_sh, batch_sh)
-      batch = sharding.shard_batch(local_batch, mesh, rules, shardings=batch_sh)
-      state, metrics = step_jit(state, batch)
-      history.append(metrics)
-      done = step + 1
-      if done % log_every == 0 or done == total_steps:
-        means = _mean_metrics(history)
-        history = []
-        writer.write(done, means)
-        bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in list(means.items())[:4]})
-        if on_log is not None:
-          on_log(done, means)
-      bar.update(1)
-      ckpt.save(done, state, force=done == total_steps)
-      if preemption.reached(done):
-        ckpt.save(done, state, force=True)
-        ckpt.close()
-        writer.close()
-        bar.close()
-        log.warning("%s: SIGTERM received; saved step %d and exiting.", desc, done)
-        sys.exit(PREEMPTED_EXIT_CODE)
-  ckpt.save(total_steps, state, force=True)
-  ckpt.close()
-  writer.close()
+
+  def save(step, force=False):
+    if force or ckpt.should_save(step):
+      guard.check()  # never checkpoint a diverged state
+      if ckpt.save(step, state, force=True):
+        guard.last_saved = step
+
+  try:
+    with _Preemption() as preemption, tqdm(total=total_steps, initial=start, desc=desc,
+                                            disable=jax.process_index() != 0) as bar:
+      for step in range(start, total_steps):
+        local_batch = get_batch(step)
+        if step_jit is None:
+          batch_sh = sharding.batch_shardings(local_batch, mesh, rules, global_shapes=False)
+          step_jit = sharding.jit_train_step(step_fn, mesh, state_sh, batch_sh)
+        batch = sharding.shard_batch(local_batch, mesh, rules, shardings=batch_sh)
+        state, metrics = step_jit(state, batch)
+        history.append(metrics)
+        done = step + 1
+        guard.add(done, metrics)
+        if done % log_every == 0 or done == total_steps:
+          means = _mean_metrics(history)
+          history = []
+          writer.write(done, means)
+          bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in list(means.items())[:4]})
+          if on_log is not None:
+            on_log(done, means)
+          guard.check()
+        bar.update(1)
+        save(done, force=done == total_steps)
+        if preemption.reached(done):
+          save(done, force=True)
+          log.warning("%s: SIGTERM received; saved step %d and exiting.", desc, done)
+          sys.exit(PREEMPTED_EXIT_CODE)
+    save(total_steps, force=True)
+  finally:  # whatever stops the loop, the checkpoints already started finish writing
+    ckpt.close()
+    writer.close()
+  if guard.skipped:
+    log.warning("%s: %d update(s) had a non-finite loss, gradient or parameters and were "
+                "skipped (train/skipped in metrics.jsonl).", desc, guard.skipped)
   return state.replace(params=host_params(state.params))

@@ -1,0 +1,123 @@
+"""Every config check, before anything is read, loaded or trained (run.py calls `validate`).
+
+A pipeline's stages are checked up front too, so a bad objective name fails in seconds rather
+than after the base stage has trained. Errors are `ConfigError`s naming the stage and the key.
+"""
+
+import jax
+import ml_collections
+import numpy as np
+
+from caopd_jax import contexts, objectives, sharding, tasks
+from caopd_jax.models import ModelConfig
+from caopd_jax.opd.iteration import PREFIX_SOURCES
+from caopd_jax.opd.teachers import KINDS
+from caopd_jax.sampling import SamplingConfig
+from caopd_jax.train.optim import make_optimizer
+from caopd_jax.train.step import NONFINITE_POLICIES
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the key."""
+
+
+def _check(ok, message):
+  if not ok:
+    raise ConfigError(message)
+
+
+def _sampling(c, where):
+  try:
+    SamplingConfig(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_k=c.top_k,
+                   top_p=c.top_p, decode_segments=c.decode_segments)
+  except ValueError as e:
+    raise ConfigError(f"{where}: {e}") from None
+
+
+def _common(c, where):
+  tasks.get(c.task)
+  _check(c.steps >= 1 if c.job == "sft" else c.steps >= 0,
+         f"{where}.steps={c.steps}: must be >= 1" + ("" if c.job == "sft" else
+                                                     " (or 0: `epochs` passes over the data)"))
+  _check(c.log_every >= 1 and c.checkpoint_every >= 0 and c.keep_checkpoints >= 1,
+         f"{where}: log_every >= 1, checkpoint_every >= 0 and keep_checkpoints >= 1 are needed.")
+  sharding.mesh_shape(tuple(c.mesh), jax.device_count())
+  make_optimizer(c.optim, max(c.steps, 2))
+  _check(c.on_nonfinite in NONFINITE_POLICIES,
+         f"{where}.on_nonfinite={c.on_nonfinite!r}: valid: {NONFINITE_POLICIES}.")
+
+
+def _eval(e, where):
+  if not e.enabled:
+    return
+  _check(len(e.splits) >= 1 and e.batch_size >= 1 and e.limit >= 0,
+         f"{where}.eval: needs splits, batch_size >= 1 and limit >= 0.")
+  _sampling(e.sampling, f"{where}.eval.sampling")
+
+
+def opd(c, where="config"):
+  _common(c, where)
+  contexts.get(c.teacher_context)
+  objectives.get_objective(c.objective.name).resolve(c.objective.hparams.to_dict())
+  for name in c.report_objectives:
+    objectives.get_objective(name)
+  _check(c.teacher.kind in KINDS, f"{where}.teacher.kind={c.teacher.kind!r}: valid: {KINDS}.")
+  _check(c.prefix_source in PREFIX_SOURCES,
+         f"{where}.prefix_source={c.prefix_source!r}: valid: {PREFIX_SOURCES}.")
+  _check(not (c.caopd and c.prefix_source != "student"),
+         f"{where}: prefix_source='teacher' is OPD-only (CaOPD's P_acc needs student rollouts).")
+  _check(not (c.caopd and c.importance_weights),
+         f"{where}: importance_weights=True is undefined for CaOPD (its completions are modified "
+         "after sampling; the reference applies none).")
+  _check(c.steps > 0 or c.epochs >= 1, f"{where}: steps=0 needs epochs >= 1.")
+  _check(c.num_samples >= 1 and c.prompts_per_step >= 1 and c.chunk_size >= 1,
+         f"{where}: num_samples, prompts_per_step and chunk_size must be >= 1.")
+  _check(c.dtype in DTYPES and c.export_dtype in DTYPES,
+         f"{where}: dtype / export_dtype must be one of {DTYPES}.")
+  _check(c.overlong in ("truncate", "drop"),
+         f"{where}.overlong={c.overlong!r}: valid: ('truncate', 'drop').")
+  _sampling(c.sampling, f"{where}.sampling")
+  _eval(c.eval, where)
+
+
+def sft(c, where="config"):
+  _common(c, where)
+  _check(c.batch_size >= 1 and len(c.habit) >= 1, f"{where}: batch_size >= 1 and a habit needed.")
+  for name, p in c.mix:
+    _check(name == "student" or name in contexts.CONTEXTS,
+           f"{where}.mix: {name!r} is neither 'student' nor a context {sorted(contexts.CONTEXTS)}.")
+    _check(p >= 0, f"{where}.mix: negative probability for {name!r}.")
+  _check(np.sum([p for _, p in c.mix]) > 0, f"{where}.mix: probabilities sum to 0.")
+  try:
+    ModelConfig(vocab_size=8, **c.model)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{where}.model: {e}") from None
+
+
+def evaluate(c, where="config"):
+  tasks.get(c.task)
+  _check(c.dtype in DTYPES, f"{where}.dtype must be one of {DTYPES}.")
+  _eval(c.eval, where)
+
+
+def pipeline(c, where="config"):
+  for name, check in (("base", sft), ("opd", opd), ("caopd", opd)):
+    stage = ml_collections.ConfigDict(c[name].to_dict())
+    stage.task = c.task
+    check(stage, f"{where}.{name}")
+  evaluate(c, where)
+
+
+def validate(config):
+  """Raises ConfigError (or the registries' ValueError listing valid names) for a bad config."""
+  check = {"opd": opd, "sft": sft, "evaluate": evaluate, "caopd_pipeline": pipeline}
+  if config.job not in check:
+    raise ConfigError(f"Unknown job {config.job!r}; valid jobs: {sorted(check)}.")
+  try:
+    check[config.job](config)
+  except ConfigError:
+    raise
+  except (ValueError, KeyError, AttributeError) as e:
+    raise ConfigError(str(e).strip("'\"")) from None

@@ -1,0 +1,1 @@
+"""The OPD / CaOPD algorithm: prompts to arrays, verification, the batch, CaOPD, the iteration."""

@@ -1,0 +1,1 @@
+"""Training: the pure train steps, the optimizer, the one train loop, checkpoints."""
