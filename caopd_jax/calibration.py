@@ -232,6 +232,31 @@ def parse_confidence(text: str) -> tuple[bool, float]:
 # --------------------------------------------------------------------------------------------
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, "Evaluating Large
+  Language Models Trained on Code"): 1 - C(n - c, k) / C(n, k), as a stable product."""
+  if not 0 <= c <= n or not 1 <= k <= n:
+    raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+  if n - c < k:
+    return 1.0
+  return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def sampling_metrics(groups: Any, correct: Any, ks) -> dict[str, float]:
+  """Pass@k (mean over questions of `pass_at_k`) for each k, and Avg@n (mean correctness of the
+  n samples per question); `groups[i]` is the question of sample i (n samples each)."""
+  groups, y = np.asarray(groups).reshape(-1), np.asarray(correct, bool).reshape(-1)
+  counts = {g: (int(np.sum(groups == g)), int(np.sum(y[groups == g]))) for g in np.unique(groups)}
+  n = {cnt for cnt, _ in counts.values()}
+  if len(n) != 1:
+    raise ValueError(f"every question needs the same number of samples, got {sorted(n)}")
+  n = n.pop()
+  out = {f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for _, c in counts.values()]))
+         for k in ks if k <= n}
+  out[f"avg@{n}"] = float(np.mean(y))
+  return out
+
+
 def summarize(conf: Any, correct: Any, parsed_ok: Any, n_bins: int = 10) -> dict[str, float]:
   """All metrics in one dict: ``accuracy, ece, brier, spr, ocg, auroc, mean_confidence,
     adherence, n``.

@@ -1,10 +1,12 @@
 """Evaluation of a model on a task's splits, one path for every task.
 
-One sampled response per question (the deployed policy; sampling from config.eval.sampling),
-judged by the task's verifier (in the graph, or on the host with `task.eval_correct`), its stated
-confidence read with `calibration.parse_confidence` (unparsed -> 0, counted in the metrics and
-reported as adherence), every calibration metric (`calibration.summarize`), and a breakdown by
-the record field `eval.group_by` (e.g. difficulty). Writes, under WORKDIR/eval:
+`eval.num_samples` = n sampled responses per question (the deployed policy; sampling from
+config.eval.sampling), each judged by the task's verifier (in the graph, or on the host with
+`task.eval_correct`), its stated confidence read with `calibration.parse_confidence` (unparsed
+-> 0, counted in the metrics and reported as adherence). Metrics: every calibration metric over
+all responses (`calibration.summarize`), Pass@k for k in `eval.k` and Avg@n
+(`calibration.sampling_metrics`), and a breakdown by the record field `eval.group_by` (e.g.
+difficulty). Writes, under WORKDIR/eval:
   {name}_{split}.json              metrics + bin stats + settings
   {name}_{split}_responses.jsonl   id, gold, response, correct, confidence, parsed
   {name}_{split}_reliability.png   reliability diagram
@@ -37,7 +39,8 @@ def _judge(prompts, tokens, mask, verify):
 def generate_and_score(graphdef, params, tokenizer, task, records, *, widths, sampling,
                        batch_size: int, seed: int = 0, mesh=None, desc="eval"):
   """Per-record responses, correctness, parsed confidence and record ids (numpy / lists)."""
-  verify = opd_verify.make(task, tokenizer, records, num_samples=1, width=sampling.max_new_tokens,
+  unique = list({int(r["id"]): r for r in records}.values())  # (n samples repeat records)
+  verify = opd_verify.make(task, tokenizer, unique, num_samples=1, width=sampling.max_new_tokens,
                            judge=task.eval_correct)
   key = jax.random.key(seed)
   out = {"id": [], "gold": [], "response": [], "correct": [], "conf": [], "parsed": []}
@@ -74,10 +77,13 @@ def generate_and_score(graphdef, params, tokenizer, task, records, *, widths, sa
   return out
 
 
-def metrics(scored, records, group_by: str = "") -> dict:
-  """calibration.summarize plus, per value of the record field `group_by`, accuracy and mean
-  confidence (keys accuracy_{g}{value}, confidence_{g}{value}, g = its first letter)."""
+def metrics(scored, records, group_by: str = "", num_samples: int = 1, ks=(1,)) -> dict:
+  """calibration.summarize, Pass@k / Avg@n over the num_samples responses per question (records
+  repeated that many times in a row), and, per value of the record field `group_by`, accuracy
+  and mean confidence (keys accuracy_{g}{value}, confidence_{g}{value}, g its first letter)."""
   out = calibration.summarize(scored["conf"], scored["correct"], scored["parsed"])
+  out.update(calibration.sampling_metrics(np.arange(len(records)) // num_samples,
+                                          scored["correct"], ks))
   if group_by and all(group_by in r for r in records):
     groups = np.asarray([r[group_by] for r in records])
     conf = np.where(scored["parsed"], scored["conf"], 0.0)
@@ -109,26 +115,27 @@ def evaluate_model(model_dir: str, config, workdir: str, name: str = "", tokeniz
   e = config.eval
   task = tasks.get(config.task)
   tokenizer = load_tokenizer(tokenizer_dir or model_dir)
-  model = load_hf(model_dir, dtype=jnp.dtype(config.dtype))
+  mesh = None
+  if jax.device_count() > 1:  # the parameters are born sharded, the prompts split over the batch
+    from caopd_jax import sharding  # pylint: disable=g-import-not-at-top
+    mesh = sharding.make_mesh(tuple(config.mesh))
+  model = load_hf(model_dir, dtype=jnp.dtype(config.dtype), mesh=mesh)
   check_vocabulary(tokenizer, model.cfg.vocab_size, model_dir)
   graphdef, params = nnx.split(model)
   sampling = SamplingConfig.from_config(e.sampling, tokenizer)
-  mesh = None
-  if jax.device_count() > 1:
-    from caopd_jax import sharding  # pylint: disable=g-import-not-at-top
-    mesh = sharding.make_mesh(tuple(config.mesh))
   name = name or os.path.basename(os.path.normpath(model_dir))
   srcs = task.sources(config.data_dir or data.data_dir_for(workdir), e.splits)
   out = {}
   for split in e.splits:
-    records = list(srcs[split])[:e.limit or None]
-    over = opd_prompts.overlong(tokenizer, task, records, max_prompt_len=e.max_prompt_len)
-    opd_prompts.report_overlong(over, len(records), f"eval {name}/{split}", "truncate")
-    widths = opd_prompts.widths(tokenizer, task, records, max_prompt_len=e.max_prompt_len)
+    questions = list(srcs[split])[:e.limit or None]
+    records = [r for r in questions for _ in range(e.num_samples)]
+    over = opd_prompts.overlong(tokenizer, task, questions, max_prompt_len=e.max_prompt_len)
+    opd_prompts.report_overlong(over, len(questions), f"eval {name}/{split}", "truncate")
+    widths = opd_prompts.widths(tokenizer, task, questions, max_prompt_len=e.max_prompt_len)
     scored = generate_and_score(graphdef, params, tokenizer, task, records, widths=widths,
                                 sampling=sampling, batch_size=min(e.batch_size, len(records)),
                                 seed=e.seed, mesh=mesh, desc=f"eval {name}/{split}")
-    result = metrics(scored, records, e.group_by)
+    result = metrics(scored, records, e.group_by, e.num_samples, tuple(e.k))
     bins = calibration.bin_stats(np.where(scored["parsed"], scored["conf"], 0.0), scored["correct"])
     info = {"task": task.name, "split": split, "model": os.path.abspath(model_dir),
             "truncated_prompts": int(over.sum()),

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from caopd_jax.models.transformer import grow_cache, init_cache
+from caopd_jax.sharding import constrain
 
 _F32 = jnp.float32
 _U32 = jnp.uint32
@@ -244,13 +245,15 @@ def sample(graphdef, params, prompt, prompt_valid, key, cfg: SamplingConfig) -> 
   tokens = jnp.full((n, b), cfg.pad_id, jnp.int32)
   lps = jnp.zeros((n, 2, b), _F32)
   done = jnp.zeros((b,), bool)
-  tokens, lps, done = emit(0, tokens, lps, done, model.logits(h[:, -1]))
+  # The vocabulary projection, cast and (on an fsdp mesh) gathered once for every decode loop.
+  kernel = constrain(model.output_kernel().astype(model.cfg.compute_dtype), (None, "vocab"))
+  tokens, lps, done = emit(0, tokens, lps, done, model.logits(h[:, -1], kernel))
 
   def body(state):
     i, tokens, lps, done, cache = state
     last = jax.lax.dynamic_index_in_dim(tokens, i - 1, 0, keepdims=False)[:, None]
     h, cache = model.hidden(last, cache=cache)  # position = number of valid cache slots
-    return (i + 1, *emit(i, tokens, lps, done, model.logits(h[:, 0])), cache)
+    return (i + 1, *emit(i, tokens, lps, done, model.logits(h[:, 0], kernel)), cache)
 
   state = (jnp.int32(1), tokens, lps, done, cache)
   for j, end in enumerate(ends):

@@ -35,7 +35,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from caopd_jax import sampling
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH = "batch"  # the logical name of the leading (example) dimension of every batch array
@@ -50,6 +49,7 @@ RULES = (
     ("mlp", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),  # the stacked layer axis of scanned models (caopd_jax.models)
 )
 # Fully replicated arrays at least this big are reported by `check_replicated`.
 LARGE_BYTES = 1 << 20
@@ -115,6 +115,16 @@ def make_mesh(spec: Sequence[int] | Mesh | None = (1, -1, 1), devices=None) -> M
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def constrain(x, logical_axes, rules=RULES):
+  """`x` constrained to the sharding its logical axes give on the mesh set by `jax.set_mesh`
+  (train loop, planner, sharded sampler); unchanged outside such a context. Declares layouts
+  GSPMD would otherwise have to guess, e.g. the sampler's KV cache (batch over data x fsdp)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh, rules))
 
 
 # ------------------------------------------------------------------------------------ rules
@@ -323,7 +333,9 @@ def place(tree, shardings):
   sh_tree = jax.tree.unflatten(jax.tree.structure(tree), _expand(tree, flat_sh))
 
   def one(x, s):
-    if s.is_fully_addressable:
+    if isinstance(x, jax.Array) and x.sharding == s:
+      return x  # already where it belongs (e.g. a state born sharded)
+    if s.is_fully_addressable or isinstance(x, jax.Array) and not x.is_fully_addressable:
       return jax.device_put(x, s)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
@@ -365,14 +377,15 @@ def _sampler(graphdef, cfg, mesh, param_treedef, param_sh, batch_sh):
   params_sharding = jax.tree.unflatten(param_treedef, param_sh)
 
   def run(params, prompt, prompt_valid, key):
+    from caopd_jax import sampling  # pylint: disable=g-import-not-at-top
     return sampling.sample(graphdef, params, prompt, prompt_valid, key, cfg)
 
   return jax.jit(run, in_shardings=(params_sharding, batch_sh, batch_sh, replicated(mesh)),
                  out_shardings=batch_sh)
 
 
-def shard_sample(graphdef, params, prompt, prompt_valid, key, cfg: sampling.SamplingConfig,
-                 mesh: Mesh, rules=RULES, params_sharding=None) -> sampling.SampleOutput:
+def shard_sample(graphdef, params, prompt, prompt_valid, key, cfg, mesh: Mesh, rules=RULES,
+                 params_sharding=None):
   """`caopd_jax.sampling.sample` on `mesh`: params on their rule shardings, the prompts split
   over the batch axes, the key replicated; the outputs come back split over the batch axes.
   `prompt`/`prompt_valid` are this process's rows (the global batch on one process).
@@ -389,7 +402,8 @@ def shard_sample(graphdef, params, prompt, prompt_valid, key, cfg: sampling.Samp
                                      shardings=(batch_sh, batch_sh))
   if not _is_placed(params, params_sharding):
     params = place(params, params_sharding)
-  return fn(params, prompt, prompt_valid, key)
+  with jax.set_mesh(mesh):  # resolves `constrain` inside the sampler
+    return fn(params, prompt, prompt_valid, key)
 
 
 def _is_placed(tree, shardings) -> bool:

@@ -36,11 +36,25 @@ def sampling(**overrides):
 def evaluation(**overrides):
   """Deployment-time evaluation (caopd_jax.evaluation): one sample per question."""
   e = C(dict(enabled=True, splits=("test",), limit=0, batch_size=250, seed=1234,
+             num_samples=1,  # n sampled responses per question (calibration over all of them)
+             k=(1,),  # Pass@k for these k <= n (Chen et al. 2021), and Avg@n
              max_prompt_len=0,  # student prompts longer than this are left-truncated (0: none)
              group_by="difficulty",  # per-value accuracy / confidence of this record field
              sampling=sampling()))
   e.update(overrides)
   return e
+
+
+def memory(**overrides):
+  """What bounds a step's memory (docs/scaling.md; `python -m caopd_jax.plan` sizes them)."""
+  m = dict(
+      microbatches=1,  # gradient accumulation inside the one jitted step (same update)
+      remat="none",  # per-layer rematerialisation: none | full | save_dots
+      scan_layers=False,  # one lax.scan over stacked layers (compile time independent of depth)
+      param_dtype="float32",  # parameter storage: float32 | bfloat16 (pure bf16 like the release)
+      master_weights=False)  # with bfloat16 parameters: a float32 copy the optimizer updates
+  m.update(overrides)
+  return m
 
 
 def opd(**overrides):
@@ -60,7 +74,8 @@ def opd(**overrides):
       # a (ref_model_mixup_alpha). The paper uses 0.01 (configs/paper/); on this 0.8M-parameter
       # toy 0.01 lets the student's drift reach the teacher within ~100 steps and it stops
       # copying the demonstration's confidence digits; 0.001 keeps it near the base.
-      ema_alpha=0.001))
+      ema_alpha=0.001,
+      dtype="float32"))  # the teacher's parameter dtype ("bfloat16": half the memory)
   c.caopd = False
   c.teacher_context = "demo"  # caopd_jax.contexts: demo | correct_solution | none
   c.num_samples = 8  # K rollouts per prompt
@@ -89,6 +104,11 @@ def opd(**overrides):
   c.optim = C(dict(name="adamw", lr=3e-4, schedule="cosine", warmup_frac=0.1, b1=0.9, b2=0.999,
                    eps=1e-8, weight_decay=0.0, grad_clip=1.0, end_lr=0.0))
   c.mesh = (1, -1, 1)  # (data, fsdp, tensor); -1 = all remaining devices (caopd_jax.sharding)
+  c.update(memory())
+  # Low-rank adapters (caopd_jax.models.lora): rank 0 trains every parameter; rank r > 0 trains
+  # only adapters on `targets`, the base frozen (one copy, shared with the EMA teacher).
+  c.lora = C(dict(rank=0, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"),
+                  dropout=0.0))
   # Non-finite loss / gradient / parameters: "stop" (the run stops before checkpointing that
   # state) or "skip" (the update is skipped and counted, caopd_jax.train.step.guarded_update).
   c.on_nonfinite = "stop"
@@ -121,6 +141,7 @@ def sft(**overrides):
   c.habit = (0.88, 0.62)
   c.note_prob = 0.5
   c.num_samples = 8
+  c.update(memory())
   c.on_nonfinite = "stop"
   c.log_every = 50
   c.checkpoint_every = 500

@@ -84,7 +84,7 @@ def mean_std(values):
 
 
 def seed_table(runs, split):
-  lines = [f"| stage | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+  lines = ["| stage | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
   for stage in pipeline.STAGES:
     cells = []
     for m in METRICS:

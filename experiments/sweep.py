@@ -97,13 +97,14 @@ def main(argv=None):
   parser.add_argument("--print", action="store_true", dest="print_only",
                       help="print one command per job instead of running them")
   parser.add_argument("--parallel", type=int, default=1, help="jobs at a time (local runs)")
-  parser.add_argument("--only", default="", help="run only jobs whose name contains this")
+  parser.add_argument("--only", default="",
+                      help="run only the jobs whose name contains one of these (comma-separated)")
   parser.add_argument("extra", nargs="*", help="extra run.py flags (after --)")
   args = parser.parse_args(argv)
   workdir = os.path.abspath(args.workdir)
   cmds = commands(args.config, workdir, args.extra)
   if args.only:
-    cmds = [(j, a) for j, a in cmds if args.only in j["name"]]
+    cmds = [(j, a) for j, a in cmds if any(o in j["name"] for o in args.only.split(","))]
   if args.print_only:
     for _, argv_ in cmds:
       print(shlex.join(["python"] + argv_[1:]))  # run from the repository root

@@ -15,13 +15,25 @@ if not os.environ.get("CAOPD_TEST_XLA_DEFAULT"):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST).strip()
 
 
+# fixture name -> module that queues its subprocess job (tests/background.py), longest first.
+_BACKGROUND = (("runs_checkpoint", "test_checkpoint"), ("swept", "test_sweep"),
+               ("results", "test_sharding"), ("runs", "test_multihost"))
+
+
 def pytest_collection_finish(session):
-  """Start the end-to-end smoke pipeline + sweep runs (subprocesses) in the background as soon
-  as it is known that a test needing them will run; see tests/test_sweep.py."""
-  if any(getattr(item, "fixturenames", ()) and "swept" in item.fixturenames
-         for item in session.items):
-    import test_sweep  # pylint: disable=import-outside-toplevel
-    test_sweep.start_background()
+  """Queue the subprocess-heavy fixtures of the collected tests in the background."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  wanted = {(item.module.__name__, f) for item in session.items
+            for f in getattr(item, "fixturenames", ())}
+  for fixture, module in _BACKGROUND:
+    if (module, fixture) in wanted:
+      importlib.import_module(module).start_background()
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  import background  # pylint: disable=import-outside-toplevel
+  background.cleanup()
 
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -35,3 +47,14 @@ def real_env(tmp_path_factory):
   if not shared_eval.FOUND:
     pytest.skip(shared_eval.REASON)
   return env.build(tmp_path_factory.mktemp("real"))
+
+
+@pytest.fixture(scope="session")
+def arithmetic_models(tmp_path_factory):
+  """(root, student dir, teacher dir): tiny random decoders over the arithmetic task's tokens."""
+  from caopd_jax import tasks  # pylint: disable=import-outside-toplevel
+  from configs import common  # pylint: disable=import-outside-toplevel
+  from hf_fixtures import tiny_model_dir  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("arith")
+  tok = tasks.get(common.arithmetic_task()).new_tokenizer()
+  return root, tiny_model_dir(root / "student", tok, 0), tiny_model_dir(root / "teacher", tok, 1, 24)

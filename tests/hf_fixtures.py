@@ -36,3 +36,13 @@ def hf_logits(model, ids, attention_mask=None):
     out = model(input_ids=torch.tensor(np.asarray(ids), dtype=torch.long),
                 attention_mask=None if attention_mask is None else torch.tensor(np.asarray(attention_mask)))
   return out.logits.float().numpy()
+
+
+def tiny_model_dir(path, tokenizer, seed, hidden=16):
+  """A 1-layer random decoder over `tokenizer`, saved with save_hf (our own writer)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from caopd_jax.models import ModelConfig, Transformer, save_hf  # pylint: disable=import-outside-toplevel
+  cfg = ModelConfig.tiny(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_layers=1,
+                         num_heads=2, num_kv_heads=1, head_dim=8, intermediate_size=32)
+  save_hf(Transformer(cfg, rngs=nnx.Rngs(seed)), str(path), tokenizer=tokenizer)
+  return str(path)

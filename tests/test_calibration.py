@@ -244,3 +244,26 @@ def test_parse_confidence(text, expected):
 
 def test_parse_confidence_non_string():
   assert cal.parse_confidence(None) == (False, 0.0)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 6])
+def test_pass_at_k_against_enumerating_k_subsets(n):
+  import itertools  # pylint: disable=g-import-not-at-top
+  import math  # pylint: disable=g-import-not-at-top
+  for c in range(n + 1):
+    for k in range(1, n + 1):
+      subsets = list(itertools.combinations(range(n), k))  # samples 0..c-1 are the correct ones
+      brute = sum(any(i < c for i in s) for s in subsets) / math.comb(n, k)
+      assert cal.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12), (n, c, k)
+  with pytest.raises(ValueError):
+    cal.pass_at_k(3, 4, 1)
+
+
+def test_sampling_metrics_per_question():
+  groups = [0, 0, 0, 1, 1, 1]
+  correct = [1, 0, 0, 0, 0, 0]
+  m = cal.sampling_metrics(groups, correct, ks=(1, 2, 3, 4))
+  assert m["pass@1"] == pytest.approx((1 / 3 + 0) / 2) and m["pass@3"] == pytest.approx(0.5)
+  assert m["avg@3"] == pytest.approx(1 / 6) and "pass@4" not in m
+  with pytest.raises(ValueError, match="same number"):
+    cal.sampling_metrics([0, 0, 1], [1, 0, 1], ks=(1,))

@@ -31,6 +31,8 @@ from caopd_jax.train.checkpoint import Checkpointer, NoValidCheckpointError
 from caopd_jax.models import ModelConfig, Transformer
 from caopd_jax.train.step import init_state
 
+import background  # pylint: disable=g-bad-import-order
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Compile time dominates these subprocess tests; XLA's backend optimisation level only changes
 # how fast the compiled code runs (results are compared with tolerances / between equal flags).
@@ -191,14 +193,17 @@ def _read(path):
     return f.read()
 
 
+def start_background():
+  background.start("checkpoint", _runs)
+
+
 @pytest.fixture(scope="module")
-def runs():
-  # Not tmp_path_factory: concurrent pytest sessions rotate (delete) its old directories.
-  with tempfile.TemporaryDirectory(prefix="caopd_resume_") as d:
-    yield _runs(pathlib.Path(d))
+def runs_checkpoint():
+  return background.result("checkpoint", _runs)
 
 
 def _runs(tmp):
+  tmp = pathlib.Path(tmp)
   a, b, cache = str(tmp / "A"), str(tmp / "B"), tmp / "cache"
   events = {}
   pa, la = _start(a, cache)
@@ -232,8 +237,8 @@ def _runs(tmp):
   return a, b, events
 
 
-def test_sigterm_saves_then_exits(runs):
-  _, b, ev = runs
+def test_sigterm_saves_then_exits(runs_checkpoint):
+  _, b, ev = runs_checkpoint
   log = _read(b + ".log")
   assert ev["sigterm_rc"] == 143, log[-3000:]
   m = re.search(r"SIGTERM received; saved step (\d+) and exiting", log)
@@ -243,8 +248,8 @@ def test_sigterm_saves_then_exits(runs):
   assert "Traceback" not in log.split("SIGTERM received")[1].split("resumed from step")[0]
 
 
-def test_sigkill_resume_is_bitwise_exact(runs):
-  a, b, ev = runs
+def test_sigkill_resume_is_bitwise_exact(runs_checkpoint):
+  a, b, ev = runs_checkpoint
   log = _read(b + ".log")
   assert ev["a_rc"] == 0, _read(a + ".log")[-3000:]
   assert ev["sigkill_rc"] == -signal.SIGKILL
@@ -260,8 +265,8 @@ def test_sigkill_resume_is_bitwise_exact(runs):
   assert json.loads(last(a)) == json.loads(last(b))
 
 
-def test_finished_run_exits_zero_quickly(runs):
-  a, _, ev = runs
+def test_finished_run_exits_zero_quickly(runs_checkpoint):
+  a, _, ev = runs_checkpoint
   assert ev["rerun_rc"] == 0
   tail = _read(a + ".log").rsplit("resumed from step", 1)[-1]
   assert "is already complete; nothing to do" in tail

@@ -10,7 +10,9 @@ from caopd_jax.objectives.chunked import project
 
 B, T, D, DT, V = 2, 11, 8, 6, 17      # T not a multiple of the chunk size; teacher width differs
 HPARAMS = {"discounted": {"gamma": 0.7}, "vopd": {"baseline_top_k": 5}, "gjsd": {"beta": 0.4},
-           "topk_reverse": {"k": 4}, "mix": {"lam": 0.25}}
+           "topk_reverse": {"k": 4}, "mix": {"lam": 0.25},
+           "grpo": {"rewards": jnp.array([1.0, 0.0]), "group_rewards": jnp.array([[1.0, 0.0]] * 2),
+                    "kl_coef": 0.1}}
 
 
 def inputs():
@@ -30,6 +32,8 @@ def test_chunked_matches_unchunked(name):
   sh, sk, th, tk, tokens, mask, behavior = inputs()
   hp = dict(HPARAMS.get(name, {}), reduction="sequence_mean", skip_first=1, special_token_ids=(3,),
             behavior_logprobs=behavior, is_clip=2.0, temperature=1.3)
+  if name == "grpo":
+    hp["old_logprobs"] = behavior
 
   def full(sh, sk):
     return compute(name, project(sh, sk), project(th, tk), tokens, mask, **hp)

@@ -36,7 +36,7 @@ def brute_force(sl, tl, tokens, mask, k, edges_pairs):
   """Loops over tokens in float64."""
   lp, lq = _np_logsoftmax(sl.astype(np.float64)), _np_logsoftmax(tl.astype(np.float64))
   rows = {n: [] for n in ts.STATS}
-  pos, b_, t_ = [], [], []
+  pos = []
   for b in range(sl.shape[0]):
     for t in range(sl.shape[1]):
       if not mask[b, t]:

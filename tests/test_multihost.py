@@ -14,10 +14,11 @@ import pathlib
 import socket
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
+
+import background  # pylint: disable=g-bad-import-order
 
 MESHES = ((2, 4, 1), (1, 1, 8))
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,14 +100,17 @@ def _env(devices):
   return env
 
 
+def start_background():
+  background.start("multihost", _runs)
+
+
 @pytest.fixture(scope="module")
 def runs():
-  # Not tmp_path_factory: concurrent pytest sessions rotate (delete) its old directories.
-  with tempfile.TemporaryDirectory(prefix="caopd_multihost_") as d:
-    yield _runs(pathlib.Path(d))
+  return background.result("multihost", _runs)
 
 
 def _runs(tmp):
+  tmp = pathlib.Path(tmp)
   (tmp / "single").mkdir()
   (tmp / "multi").mkdir()
   coordinator = f"127.0.0.1:{_free_port()}"

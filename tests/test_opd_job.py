@@ -8,10 +8,8 @@ import os
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from caopd_jax import jobs, tasks
-from caopd_jax.models import ModelConfig, Transformer, save_hf
 from caopd_jax.tasks.plain import PlainTask
 from configs import common, smoke
 from configs.paper import common as paper
@@ -19,25 +17,16 @@ from configs.paper import common as paper
 from shared_eval import EVAL_DIR  # pylint: disable=g-bad-import-order
 
 
-def tiny_model_dir(path, tokenizer, seed, hidden=16):
-  cfg = ModelConfig.tiny(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_layers=1,
-                         num_heads=2, num_kv_heads=1, head_dim=8, intermediate_size=32)
-  save_hf(Transformer(cfg, rngs=nnx.Rngs(seed)), str(path), tokenizer=tokenizer)
-  return str(path)
-
-
-@pytest.fixture(scope="module")
-def arithmetic_models(tmp_path_factory):
-  root = tmp_path_factory.mktemp("arith")
-  tok = tasks.get(common.arithmetic_task()).new_tokenizer()
-  return root, tiny_model_dir(root / "student", tok, 0), tiny_model_dir(root / "teacher", tok, 1, 24)
-
-
-def one_step_config(name, env, caopd, teacher):
+def one_step_config(name, env, caopd, teacher, tmp=None):
   if name == "arithmetic":
     root, student, fixed = env
     c = common.opd(data_dir=str(root / "tfds"))
     c.task.update(dict(num_train=40, num_test=8, num_ood=4))
+  elif name == "math":  # no math data is shared: a few GSM8K-style records written here
+    from test_math import write_math  # pylint: disable=g-import-not-at-top
+    student, fixed = env["student"], env["teacher"]
+    c = common.opd(data_dir=str(tmp / "tfds"), max_prompt_len=96, max_demo_len=32)
+    c.task = paper.task(name, manual_dir=write_math(str(tmp / "math_data")))
   else:
     student, fixed = env["student"], env["teacher"]
     c = common.opd(data_dir=env["tfds"], train_split="eval", max_prompt_len=96, max_demo_len=32)
@@ -55,14 +44,14 @@ def one_step_config(name, env, caopd, teacher):
 @pytest.mark.parametrize("name", sorted(tasks.TASKS))
 def test_every_task_runs_an_iteration_of_the_opd_job(request, tmp_path, name, caopd, teacher):
   env = request.getfixturevalue("arithmetic_models" if name == "arithmetic" else "real_env")
-  c = one_step_config(name, env, caopd, teacher)
-  jobs.run(c, str(tmp_path))
-  with open(tmp_path / "metrics.jsonl") as f:
+  c = one_step_config(name, env, caopd, teacher, tmp_path)
+  jobs.run(c, str(tmp_path / "w"))
+  with open(tmp_path / "w" / "metrics.jsonl") as f:
     (m,) = [json.loads(line) for line in f]
   assert m["step"] == 1 and np.isfinite(m["train/loss"]) and m["train/grad_norm"] > 0
   assert 0 <= m["rollout/accuracy"] <= 1
   assert ("rollout/marker_found" in m) == (tasks.TASKS[name].verification == "text")
-  assert os.path.exists(tmp_path / "model" / "config.json")
+  assert os.path.exists(tmp_path / "w" / "model" / "config.json")
 
 
 # ---- a task defined outside the package --------------------------------------------------------
@@ -98,3 +87,26 @@ def test_a_new_task_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
   with open(tmp_path / "eval" / "caopd_test_responses.jsonl") as f:
     golds = [json.loads(line)["gold"] for line in f]
   assert golds[0] == Reverse(task).target_text(Reverse(task).sources("", ("test",))["test"][0])
+
+
+# ---- the compile-only planner --------------------------------------------------------------------
+def test_planner_reports_the_trainers_compiled_memory(arithmetic_models, tmp_path):
+  """caopd_jax.plan lowers the step the train loop runs (from abstract shapes) and reports that
+  program's own memory analysis; a too-small HBM is flagged."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from caopd_jax import plan  # pylint: disable=g-import-not-at-top
+  from caopd_jax.jobs import opd  # pylint: disable=g-import-not-at-top
+  from caopd_jax.train.loop import compile_step  # pylint: disable=g-import-not-at-top
+  c = one_step_config("arithmetic", arithmetic_models, True, "ema")
+  run = opd.setup(c, str(tmp_path))
+  batch = run.get_batch(0)
+  step, _, _ = compile_step(run.iteration, run.mesh, run.state, batch)
+  with jax.set_mesh(run.mesh):
+    mem = step.lower(run.state, jax.tree.map(jax.numpy.asarray, batch)).compile().memory_analysis()
+  p = plan.plan(c, str(tmp_path), hbm_gib=1.0)
+  assert (p["argument_bytes"], p["output_bytes"], p["temp_bytes"], p["alias_bytes"]) == (
+      mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.temp_size_in_bytes,
+      mem.alias_size_in_bytes)
+  assert p["fits"] and p["peak_bytes"] > 0 and p["model_flops"] > 0
+  small = plan.plan(c, str(tmp_path), hbm_gib=p["peak_bytes"] / plan.GIB / 2)
+  assert not small["fits"] and "DOES NOT FIT" in plan.report(small)

@@ -283,7 +283,7 @@ def test_evaluate_job_on_both_eval_splits(real_env):
     for key in ("accuracy", "ece", "brier", "spr", "ocg", "auroc", "mean_confidence", "adherence"):
       assert 0.0 <= abs(result[key]) <= 1.0
     assert result["n"] == 3
-    with open(os.path.join(out, "eval", f"student_eval.json")) as f:
+    with open(os.path.join(out, "eval", "student_eval.json")) as f:
       saved = json.load(f)
     assert saved["n"] == 3 and saved["task"] == name
     with open(os.path.join(out, "eval", "student_eval_responses.jsonl")) as f:
@@ -337,3 +337,10 @@ def test_paper_configs():
                      ("context=bogus", "valid values"), ("size=3b", "valid values")):
     with pytest.raises(ValueError, match=match):
       qwen3_science.get_config(bad)
+  # memory plans per slice (docs/scaling.md): scanned + remat by default, more microbatches where
+  # the planner needed them, an error naming where it fits (and the LoRA setting) otherwise
+  c = qwen3_science.get_config("size=4b,hardware=v5e-16")
+  assert (c.scan_layers, c.remat, c.microbatches) == (True, "full", 2)
+  assert qwen3_science.get_config("size=8b,hardware=h100x8").microbatches == 1
+  with pytest.raises(ValueError, match="fits on.*h100x8.*LoRA fits there.*microbatches=8"):
+    qwen3_science.get_config("size=8b,hardware=v4-8")

@@ -194,7 +194,7 @@ def test_p_acc_is_fraction_of_verified_rollouts(tiny):
 
   it = Iteration(graphdef, None, None, first_token_is, contexts.get("none"), None, k, cfg)
   p = {"student_prompt": prompt, "student_valid": valid, "target": targets}
-  roll = jax.jit(lambda params, p, key: it.rollout(types.SimpleNamespace(params=params), p, key))
+  roll = jax.jit(lambda params, p, key: it.rollout(types.SimpleNamespace(params=params, frozen=None), p, key))
   samples, verdict = roll(params, p, jax.random.key(5))
   first = np.asarray(samples.tokens)[:, 0].reshape(4, k)
   np.testing.assert_array_equal(np.asarray(verdict.correct), first == np.asarray(targets))

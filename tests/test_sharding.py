@@ -12,10 +12,11 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
+
+import background  # pylint: disable=g-bad-import-order
 
 V, PS, PT, C, B = 64, 5, 9, 6, 8
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
@@ -70,7 +71,62 @@ def _flat(tree):
           for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def worker(meshes, out):
+def load_check(hf_dir):
+  """In an 8-device process: load a HF checkpoint onto an fsdp mesh and build the train state
+  while recording every array created on ONE device through device_put / asarray / array; no
+  such array may have the full shape of a parameter the mesh shards. The same recorder on the
+  old path (load on one device, then place) is the positive control. Returns a JSON-able dict."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from caopd_jax import sharding  # pylint: disable=g-import-not-at-top
+  from caopd_jax.models import load_hf  # pylint: disable=g-import-not-at-top
+  from caopd_jax.train.loop import born_sharded  # pylint: disable=g-import-not-at-top
+  from caopd_jax.train.step import init_state  # pylint: disable=g-import-not-at-top
+
+  mesh = sharding.make_mesh((1, 8, 1))
+  abstract = nnx.split(nnx.eval_shape(lambda: load_hf(hf_dir)))[1]
+  specs = dict(nnx.to_flat_state(sharding.tree_shardings(abstract, mesh)))
+  full = {tuple(v.shape) for p, v in nnx.to_flat_state(abstract)
+          if not specs[p].is_fully_replicated}
+  seen = []
+
+  def recording(fn):
+    def wrapped(*a, **k):
+      out = fn(*a, **k)
+      for x in jax.tree.leaves(out):
+        if (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+            and len(x.sharding.device_set) == 1 and x.shape in full):
+          seen.append(list(x.shape))
+      return out
+    return wrapped
+
+  originals = (jax.device_put, jnp.asarray, jnp.array)
+  jax.device_put, jnp.asarray, jnp.array = map(recording, originals)
+  try:
+    params = nnx.split(load_hf(hf_dir, mesh=mesh))[1]
+    state, _ = born_sharded(mesh, optax.adam(1e-3), params, params, seed=0)
+    new_path = list(seen)
+    live = [list(x.shape) for x in jax.live_arrays()
+            if len(x.sharding.device_set) == 1 and x.shape in full]
+    seen.clear()
+    old = nnx.split(load_hf(hf_dir))[1]  # the old way: whole on device 0, then placed
+    old_state = init_state(old, optax.adam(1e-3), teacher=old, seed=0)
+    sharding.place(old_state, sharding.state_shardings(old_state, mesh))
+    control = list(seen)
+  finally:
+    jax.device_put, jnp.asarray, jnp.array = originals
+  same = all(bool(np.array_equal(np.asarray(a), np.asarray(b))) for a, b in
+             zip(jax.tree.leaves(state.params), jax.tree.leaves(old)))
+  teacher_same = all(bool(np.array_equal(np.asarray(a), np.asarray(b))) for a, b in
+                     zip(jax.tree.leaves(state.teacher), jax.tree.leaves(old)))
+  split = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(state))
+  return dict(full_shapes=len(full), new_path=new_path, live=live, control=len(control),
+              equal=same, teacher_equal=teacher_same, sharded_arrays=split)
+
+
+def worker(meshes, out, hf_dir=None):
   """Runs in a subprocess with 8 devices: the sharded step and sampler per mesh -> out.npz/json."""
   import logging  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -87,8 +143,9 @@ def worker(meshes, out):
 
   logging.getLogger("caopd_jax.sharding").addHandler(Grab())
   logging.getLogger("caopd_jax.sharding").setLevel(logging.INFO)
+  info = {"load": load_check(hf_dir)} if hf_dir else {}
   graphdef, state, step, batch, (prompt, valid, key, scfg) = problem()
-  arrays, info = {}, {}
+  arrays = {}
   for spec in meshes:
     name = "x".join(map(str, spec))
     mesh = sharding.make_mesh(spec)
@@ -132,28 +189,18 @@ def _env():
   return env
 
 
-@pytest.fixture(scope="module")
-def results():
-  # Not tmp_path_factory: concurrent pytest sessions rotate (delete) its old directories.
-  with tempfile.TemporaryDirectory(prefix="caopd_sharding_") as d:
-    yield _results(pathlib.Path(d))
-
-
-def _results(tmp):
+def _workers(tmp):
+  """The 8-device workers (subprocesses): {name: arrays}, info."""
+  tmp = pathlib.Path(tmp)
+  import hf_fixtures  # pylint: disable=g-import-not-at-top
+  hf_dir = hf_fixtures.save_hf_model(hf_fixtures.make_hf_model("qwen3", seed=3), str(tmp / "hf"))
   groups = [MESHES[:2], MESHES[2:]]
   procs = []
   for i, group in enumerate(groups):
     arg = ";".join(",".join(map(str, m)) for m in group)
-    procs.append(subprocess.Popen([sys.executable, __file__, arg, str(tmp / f"w{i}")], env=_env(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  # Meanwhile: the single-device reference.
-  import jax  # pylint: disable=g-import-not-at-top
-  from caopd_jax import sampling  # pylint: disable=g-import-not-at-top
-  graphdef, state, step, batch, (prompt, valid, key, scfg) = problem()
-  ref_state, _ = jax.jit(step)(state, batch)
-  ref_sample = sampling.sample(graphdef, ref_state.params, prompt, valid, key, scfg)
-  ref = {"state": _flat(ref_state), "sample": {f: np.asarray(getattr(ref_sample, f))
-                                               for f in ref_sample._fields}}
+    cmd = [sys.executable, __file__, arg, str(tmp / f"w{i}")] + ([hf_dir] if i == 0 else [])
+    procs.append(subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
   out, info = {}, {}
   for i, p in enumerate(procs):
     log, _ = p.communicate(timeout=600)
@@ -163,6 +210,24 @@ def _results(tmp):
       w = json.load(f)
     info["log"] = info.get("log", []) + w.pop("log")
     info.update(w)
+  return out, info
+
+
+def start_background():
+  background.start("sharding", _workers)
+
+
+@pytest.fixture(scope="module")
+def results():
+  # The single-device reference here; the sharded runs from the background workers.
+  import jax  # pylint: disable=g-import-not-at-top
+  from caopd_jax import sampling  # pylint: disable=g-import-not-at-top
+  graphdef, state, step, batch, (prompt, valid, key, scfg) = problem()
+  ref_state, _ = jax.jit(step)(state, batch)
+  ref_sample = sampling.sample(graphdef, ref_state.params, prompt, valid, key, scfg)
+  ref = {"state": _flat(ref_state), "sample": {f: np.asarray(getattr(ref_sample, f))
+                                               for f in ref_sample._fields}}
+  out, info = background.result("sharding", _workers)
   return ref, out, info
 
 
@@ -264,5 +329,18 @@ def test_logical_to_spec_rules():
     sharding.mesh_shape((2, 2, 1), 8)
 
 
+def test_state_is_born_sharded(results):
+  """No full-size array of a sharded parameter on one device while loading a HF checkpoint onto
+  an fsdp mesh and building the train state (the old path trips the same recorder), and the
+  loaded state equals an unsharded load bitwise."""
+  load = results[2]["load"]
+  print(load)
+  assert load["full_shapes"] >= 6 and load["sharded_arrays"] >= 4 * 8
+  assert load["new_path"] == [] and load["live"] == []
+  assert load["control"] >= load["full_shapes"]  # the recorder catches the old path
+  assert load["equal"] and load["teacher_equal"]
+
+
 if __name__ == "__main__":
-  worker([tuple(int(x) for x in m.split(",")) for m in sys.argv[1].split(";")], sys.argv[2])
+  worker([tuple(int(x) for x in m.split(",")) for m in sys.argv[1].split(";")], sys.argv[2],
+         sys.argv[3] if len(sys.argv) > 3 else None)

@@ -1,7 +1,5 @@
 """Tokenizers: round trips, greedy pieces, the HF wrapper on a locally trained BPE."""
 
-import json
-
 import numpy as np
 import pytest
 

@@ -138,8 +138,8 @@ def test_tasks_judge_with_their_verifiers():
   call = [{"Action": "f", "Action_Input": '{"a": 1}'}]
   assert tool.is_correct('Action: f\nAction Input: {"a": 1}', tool.gold({"golden_answer": call}))
   assert not tool.is_correct('Action: f\nAction Input: {"a": 2}', call)
-  with pytest.raises(ValueError, match="valid: .*science.*tooluse"):
-    tasks.get(paper.task("math"))
+  with pytest.raises(ValueError, match="valid: .*math.*science.*tooluse"):
+    tasks.get(paper.task("chess"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -199,3 +199,24 @@ def test_mcq_real_rows():
     assert not science.mcq_correct(f"<answer>{wrong}</answer>", gold)
     # the system prompt ends with the example "<answer>\nA\n</answer>" (its last tag)
     assert science.mcq_correct(r["prompt"][0]["content"], gold) is (gold == "A")
+
+
+# Responses where the strict (training) and released (evaluation) science parsers disagree.
+DISAGREE = [
+    ("<answer>A</answer> ... on second thought <answer>B</answer>", "A", "B"),  # first vs last tag
+    ("<reasoning>...</reasoning>\n<answer>C", "C", None),  # unclosed tag (truncated output)
+    ("The options considered...\nD", "D", None),  # a bare letter on its own line
+    ("So the answer is B.", "B", None),  # "answer is X"
+    ("<answer>E</answer>", None, "E"),  # the released parser knows only A-D
+]
+
+
+@pytest.mark.parametrize("text,released,strict", DISAGREE)
+def test_released_and_strict_science_parsers_disagree_where_documented(text, released, strict):
+  assert science.released_letter(text) == released
+  assert bool(science.mcq_correct(text, strict or "Z")) == (strict is not None)
+  t = tasks.get(paper.task("science"))  # the paper configs evaluate with the released parser
+  assert t.cfg.eval_parser == "released"
+  for letter in "ABCDE":
+    assert t.eval_correct(text, letter) == (letter == released)
+    assert t.is_correct(text, letter) == (letter == strict)  # training rewards stay strict

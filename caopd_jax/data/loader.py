@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from caopd_jax.data import arithmetic, science, tooluse
+from caopd_jax.data import arithmetic, math, science, tooluse
 from caopd_jax.data.manual_hf import ManualHFBuilder
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ DATASETS: dict[str, DatasetSpec] = {
                            "science MCQ from manual_dir; splits eval[, train]"),
     "tooluse": DatasetSpec(tooluse.CaopdTooluse, ("manual_dir",),
                            "tool use from manual_dir; splits eval[, train]"),
+    "math": DatasetSpec(math.CaopdMath, ("manual_dir",),
+                        "GSM8K / MATH-style problems from manual_dir; splits train, test, eval"),
 }
 
 

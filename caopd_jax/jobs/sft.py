@@ -20,14 +20,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from caopd_jax import contexts, data, distributed, tasks, workdir as workdir_lib
+from caopd_jax import contexts, data, distributed, sharding, tasks, workdir as workdir_lib
 from caopd_jax.models import ModelConfig, Transformer, save_hf
 from caopd_jax.opd.caopd import format_confidence
 from caopd_jax.opd.prompts import teacher_text
 from caopd_jax.tokenizers import pad_right
-from caopd_jax.train.loop import train_loop
+from caopd_jax.train.loop import born_sharded, train_loop
 from caopd_jax.train.optim import make_optimizer
-from caopd_jax.train.step import init_state, make_sft_step
+from caopd_jax.train.step import make_sft_step
 
 
 def sft_texts(records, task, tokenizer, rng: np.random.Generator, *, mix, habit, levels,
@@ -90,11 +90,16 @@ def main(config, workdir):
   records = list(train)
   levels = sorted({r.get("difficulty", 0) for r in records})
   width = sequence_width(tokenizer, task, records, config.mix)
-  model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, **config.model),
-                      rngs=nnx.Rngs(config.seed))
-  graphdef, params = nnx.split(model)
+  cfg = ModelConfig(vocab_size=tokenizer.vocab_size, param_dtype=config.param_dtype,
+                    remat=config.remat, scan_layers=config.scan_layers, **config.model)
+  # the parameters and the state are born sharded on the mesh
+  mesh = sharding.make_mesh(tuple(config.mesh))
+  init = lambda: nnx.split(Transformer(cfg, rngs=nnx.Rngs(config.seed)))[1]
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+  params = jax.jit(init, out_shardings=sharding.tree_shardings(abstract, mesh))()
   optimizer, schedule = make_optimizer(config.optim, config.steps)
-  state = init_state(params, optimizer, seed=config.seed)
+  state, _ = born_sharded(mesh, optimizer, params, seed=config.seed,
+                          master_weights=config.master_weights)
   batches = data.BatchIterator(train, config.batch_size, seed=config.seed,
                                process_index=jax.process_index(),
                                process_count=jax.process_count())
@@ -106,11 +111,12 @@ def main(config, workdir):
                       note_prob=config.note_prob)
     return encode_sft(tokenizer, texts, width)
 
-  step_fn = make_sft_step(graphdef, optimizer, schedule, on_nonfinite=config.on_nonfinite)
+  step_fn = make_sft_step(graphdef, optimizer, schedule, on_nonfinite=config.on_nonfinite,
+                          microbatches=config.microbatches)
   state = train_loop(workdir=workdir, state=state, step_fn=step_fn,
                      get_batch=get_batch, total_steps=config.steps, log_every=config.log_every,
                      checkpoint_every=config.checkpoint_every, desc=f"base (SFT) {task.name}",
-                     mesh=config.mesh, keep=config.keep_checkpoints)
+                     mesh=mesh, keep=config.keep_checkpoints)
   if jax.process_index() == 0:
     save_hf(nnx.merge(graphdef, state.params), model_dir + ".tmp", tokenizer=tokenizer)
     os.replace(model_dir + ".tmp", model_dir)

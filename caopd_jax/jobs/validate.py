@@ -10,6 +10,7 @@ import numpy as np
 
 from caopd_jax import contexts, objectives, sharding, tasks
 from caopd_jax.models import ModelConfig
+from caopd_jax.models.config import LORA_TARGETS, REMAT
 from caopd_jax.opd.iteration import PREFIX_SOURCES
 from caopd_jax.opd.teachers import KINDS
 from caopd_jax.sampling import SamplingConfig
@@ -47,6 +48,11 @@ def _common(c, where):
   make_optimizer(c.optim, max(c.steps, 2))
   _check(c.on_nonfinite in NONFINITE_POLICIES,
          f"{where}.on_nonfinite={c.on_nonfinite!r}: valid: {NONFINITE_POLICIES}.")
+  _check(c.remat in REMAT, f"{where}.remat={c.remat!r}: valid: {REMAT}.")
+  _check(c.param_dtype in DTYPES, f"{where}.param_dtype must be one of {DTYPES}.")
+  rows = c.prompts_per_step * c.num_samples if c.job == "opd" else c.batch_size
+  _check(c.microbatches >= 1 and rows % c.microbatches == 0,
+         f"{where}.microbatches={c.microbatches}: must divide the {rows} sequences of a step.")
 
 
 def _eval(e, where):
@@ -54,6 +60,8 @@ def _eval(e, where):
     return
   _check(len(e.splits) >= 1 and e.batch_size >= 1 and e.limit >= 0,
          f"{where}.eval: needs splits, batch_size >= 1 and limit >= 0.")
+  _check(e.num_samples >= 1 and all(1 <= k <= e.num_samples for k in e.k),
+         f"{where}.eval: num_samples >= 1 and every k in {tuple(e.k)} in [1, num_samples].")
   _sampling(e.sampling, f"{where}.eval.sampling")
 
 
@@ -71,11 +79,21 @@ def opd(c, where="config"):
   _check(not (c.caopd and c.importance_weights),
          f"{where}: importance_weights=True is undefined for CaOPD (its completions are modified "
          "after sampling; the reference applies none).")
+  _check(c.objective.name != "grpo" or (not c.caopd and not c.importance_weights
+                                        and c.num_samples >= 2 and c.prefix_source == "student"),
+         f"{where}: objective 'grpo' needs caopd=False, importance_weights=False (its clipped "
+         "ratio already uses the sampler's log-probs), num_samples >= 2 (a group) and "
+         "prefix_source='student'.")
   _check(c.steps > 0 or c.epochs >= 1, f"{where}: steps=0 needs epochs >= 1.")
   _check(c.num_samples >= 1 and c.prompts_per_step >= 1 and c.chunk_size >= 1,
          f"{where}: num_samples, prompts_per_step and chunk_size must be >= 1.")
   _check(c.dtype in DTYPES and c.export_dtype in DTYPES,
          f"{where}: dtype / export_dtype must be one of {DTYPES}.")
+  _check(c.microbatches == 1 or not (c.compare_estimators or c.diagnostics),
+         f"{where}: compare_estimators and diagnostics need microbatches=1.")
+  _check(c.teacher.dtype in DTYPES, f"{where}.teacher.dtype must be one of {DTYPES}.")
+  _check(c.lora.rank >= 0 and set(c.lora.targets) <= set(LORA_TARGETS) and 0 <= c.lora.dropout < 1,
+         f"{where}.lora: rank >= 0, targets among {LORA_TARGETS}, 0 <= dropout < 1.")
   _check(c.overlong in ("truncate", "drop"),
          f"{where}.overlong={c.overlong!r}: valid: ('truncate', 'drop').")
   _sampling(c.sampling, f"{where}.sampling")

@@ -10,6 +10,8 @@ from typing import Any
 import jax.numpy as jnp
 
 ARCHS = ("llama", "qwen2", "qwen3")
+REMAT = ("none", "full", "save_dots")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -30,7 +32,16 @@ class ModelConfig:
   rms_norm_eps: float = 1e-6
   tie_word_embeddings: bool = False
   max_position_embeddings: int = 4096
-  dtype: str = "float32"  # compute dtype; parameters are always float32
+  dtype: str = "float32"  # compute dtype of the matmuls (norms, softmax, logits: float32)
+  # Execution options (not part of the HF architecture; load_hf / ModelConfig(...) set them):
+  param_dtype: str = "float32"  # dtype parameters are stored in
+  remat: str = "none"  # per-layer rematerialisation: none | full | save_dots
+  scan_layers: bool = False  # one lax.scan over stacked layer parameters (compile time ~ depth-free)
+  # Low-rank adapters (caopd_jax.models.lora) on these projections; rank 0: none.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ()
+  lora_dropout: float = 0.0
 
   def __post_init__(self):
     if self.arch not in ARCHS:
@@ -38,8 +49,16 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}.")
-    if self.dtype not in _DTYPES:
-      raise ValueError(f"Unknown dtype {self.dtype!r}; supported: {tuple(_DTYPES)}.")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in _DTYPES:
+        raise ValueError(f"Unknown {name} {getattr(self, name)!r}; supported: {tuple(_DTYPES)}.")
+    if self.remat not in REMAT:
+      raise ValueError(f"Unknown remat policy {self.remat!r}; supported: {REMAT}.")
+    unknown = set(self.lora_targets) - set(LORA_TARGETS)
+    if unknown or self.lora_rank < 0 or not 0 <= self.lora_dropout < 1 or (
+        self.lora_rank and not self.lora_targets):
+      raise ValueError(f"Bad LoRA settings: rank {self.lora_rank}, targets {self.lora_targets} "
+                       f"(valid: {LORA_TARGETS}), dropout {self.lora_dropout}.")
 
   @property
   def qkv_bias(self) -> bool:  # Qwen2: biases on the q/k/v projections
@@ -52,6 +71,10 @@ class ModelConfig:
   @property
   def compute_dtype(self):
     return _DTYPES[self.dtype]
+
+  @property
+  def params_dtype(self):
+    return _DTYPES[self.param_dtype]
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)

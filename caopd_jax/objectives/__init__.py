@@ -5,11 +5,11 @@
 student_logits[b, t] and teacher_logits[b, t] ([B, T, V], float) predict tokens[b, t]; mask [B, T]
 marks the completion tokens that count. grad(loss) w.r.t. student_logits is the estimator.
 metrics: loss, kl_reverse (mean full-vocabulary KL_t), log_ratio (mean sampled r_t), num_tokens,
-plus objective extras (advantage, baseline, kl_forward, is_weight) — float32 scalars.
+plus objective extras (advantage, baseline, kl_forward, is_weight, ratio, clip_fraction) — float32 scalars.
 Hyperparameters: `OBJECTIVES[name].hparams` (shared ones in `COMMON_HPARAMS`). For long
 sequences with large vocabularies use `chunked_objective` (hidden states + output kernels).
 """
-from caopd_jax.objectives import analytic, sampled
+from caopd_jax.objectives import analytic, grpo, sampled
 from caopd_jax.objectives.base import COMMON_HPARAMS, Objective
 from caopd_jax.objectives.chunked import chunked_objective
 from caopd_jax.objectives.core import REDUCTIONS
@@ -17,7 +17,7 @@ from caopd_jax.objectives.core import REDUCTIONS
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     sampled.TOKEN_SAMPLED, sampled.SEQUENCE, sampled.DISCOUNTED, sampled.VOPD,
     analytic.FULL_REVERSE, analytic.FULL_FORWARD, analytic.GJSD, analytic.TOPK_REVERSE,
-    analytic.MIX)}
+    analytic.MIX, grpo.GRPO)}
 
 
 def get_objective(name) -> Objective:

@@ -32,12 +32,15 @@ COMMON_HPARAMS = {
 class Objective:
   """name; stats_fn(logp, logq, tokens, **own) -> dict of [B, T] (must hold logp_y, logq_y, kl);
   loss_fn(stats, mask, **own) -> (per-token loss [B, T], extra per-token metrics);
-  defaults: the objective's own hyperparameters as ((name, default), ...)."""
+  defaults: the objective's own hyperparameters as ((name, default), ...);
+  batch_inputs: ((hparam, batch key), ...) the OPD train step fills from the batch when present
+  (per-row data such as GRPO's rewards)."""
   name: str
   stats_fn: Callable[..., dict]
   loss_fn: Callable[..., Any]
   defaults: tuple = ()
   doc: str = ""
+  batch_inputs: tuple = ()
 
   def __post_init__(self):
     object.__setattr__(self, "__doc__", self.doc)   # help(OBJECTIVES[name]) shows the formula
@@ -67,13 +70,14 @@ class Objective:
     logq = jax.lax.stop_gradient(st.log_probs(teacher_logits, hp["temperature"]))
     return self.stats_fn(logp, logq, tokens, **self.own(hp))
 
-  def combine(self, stats, tokens, mask, **hparams):
-    """(loss, metrics) from per-token statistics: mask, importance weights, reduction."""
+  def combine(self, stats, tokens, mask, denominator=None, **hparams):
+    """(loss, metrics) from per-token statistics: mask, importance weights, reduction
+    (divided by `denominator` when given: see core.denominator)."""
     hp = self.resolve(hparams)
     m = core.effective_mask(mask, tokens, hp["special_token_ids"], hp["skip_first"])
     w = core.importance_weights(stats["logp_y"], m, hp["behavior_logprobs"], hp["is_clip"])
     per_token, extra = self.loss_fn(stats, m, **self.own(hp))
-    loss = core.reduce_loss(w * per_token, m, hp["reduction"])
+    loss = core.reduce_loss(w * per_token, m, hp["reduction"], denominator)
     sg = jax.lax.stop_gradient
     log_ratio = sg(stats["logp_y"] - stats["logq_y"])
     metrics = {
@@ -87,6 +91,6 @@ class Objective:
       metrics["is_weight"] = core.token_mean(w, m)
     return loss, metrics
 
-  def __call__(self, student_logits, teacher_logits, tokens, mask, **hparams):
+  def __call__(self, student_logits, teacher_logits, tokens, mask, denominator=None, **hparams):
     stats = self.token_stats(student_logits, teacher_logits, tokens, **hparams)
-    return self.combine(stats, tokens, mask, **hparams)
+    return self.combine(stats, tokens, mask, denominator, **hparams)

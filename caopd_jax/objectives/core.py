@@ -69,22 +69,31 @@ def token_mean(x, mask):
   return jnp.sum(x) / jnp.maximum(jnp.sum(mask.astype(F32)), 1.0)
 
 
-def reduce_loss(per_token, mask, reduction="token_mean"):
+def denominator(mask, reduction="token_mean"):
+  """What `reduce_loss` divides by: #valid tokens (token_mean) or #sequences with a valid token
+  (sequence_*), at least 1. Computed once over a whole batch, it makes the losses of its
+  microbatches add up to the batch's loss (gradient accumulation)."""
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"unknown reduction {reduction!r}; valid: {REDUCTIONS}")
+  m = mask.astype(F32)
+  n = jnp.sum(m) if reduction == "token_mean" else jnp.sum((jnp.sum(m, axis=1) > 0).astype(F32))
+  return jnp.maximum(n, 1.0)
+
+
+def reduce_loss(per_token, mask, reduction="token_mean", denominator_=None):
   """Aggregate a per-token loss [B, T] over the valid tokens.
 
   token_mean:    sum_{b,t} l / #valid tokens of the batch (the common OPD default).
   sequence_mean: mean over sequences of (sum_t l / #valid tokens of the sequence) (CaOPD code).
   sequence_sum:  mean over sequences of sum_t l (the estimator of a sequence-level KL).
-  Sequences with no valid token are left out of the sequence means.
+  Sequences with no valid token are left out of the sequence means. `denominator_` replaces
+  the batch's own `denominator(mask, reduction)` (a microbatch of a larger batch).
   """
-  if reduction not in REDUCTIONS:
-    raise ValueError(f"unknown reduction {reduction!r}; valid: {REDUCTIONS}")
-  if reduction == "token_mean":
-    return token_mean(per_token, mask)
+  d = denominator(mask, reduction) if denominator_ is None else denominator_
   x = jnp.where(mask, per_token.astype(F32), 0.0)
-  n_tok = jnp.sum(mask.astype(F32), axis=1)
+  if reduction == "token_mean":
+    return jnp.sum(x) / d
   seq = jnp.sum(x, axis=1)
   if reduction == "sequence_mean":
-    seq = seq / jnp.maximum(n_tok, 1.0)
-  n_seq = jnp.maximum(jnp.sum((n_tok > 0).astype(F32)), 1.0)
-  return jnp.sum(seq) / n_seq
+    seq = seq / jnp.maximum(jnp.sum(mask.astype(F32), axis=1), 1.0)
+  return jnp.sum(seq) / d

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from caopd_jax.contexts.base import pad_to
 from caopd_jax.opd.caopd import broadcast_rows, table_segment
+from caopd_jax.sharding import BATCH, constrain
 
 
 class Draft(NamedTuple):
@@ -55,7 +56,8 @@ def context_tokens(student_prompt, context):
 
 
 def assemble(d: Draft, num_samples: int):
-  """The train-step batch: both sequences end with the (same) completion."""
+  """The train-step batch: both sequences end with the (same) completion; its B*K rows are
+  declared split over the batch axes."""
   rep = lambda x: jnp.repeat(x, num_samples, axis=0)
   comp, comp_valid = d.completion
   ctx, ctx_valid = context_tokens(d.student_prompt, d.context)
@@ -68,4 +70,4 @@ def assemble(d: Draft, num_samples: int):
   }
   if d.behavior_logprobs is not None:
     batch["behavior_logprobs"] = pad_to(d.behavior_logprobs, comp.shape[1], 0.0)
-  return batch
+  return {k: constrain(v, (BATCH, None)) for k, v in batch.items()}

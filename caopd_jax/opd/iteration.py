@@ -25,6 +25,8 @@ from caopd_jax.contexts import TeacherContext
 from caopd_jax.opd import batch as opd_batch, caopd
 from caopd_jax.opd.prompts import Constants
 from caopd_jax.sampling import SamplingConfig, sample
+from caopd_jax.sharding import BATCH, constrain
+from caopd_jax.train.step import model_state
 
 PREFIX_SOURCES = ("student", "teacher")
 
@@ -41,6 +43,7 @@ class Iteration:
   sampling: SamplingConfig
   caopd: bool = False
   prefix_source: str = "student"
+  teacher_shares_base: bool = False  # the teacher's parameters complete state.frozen (LoRA)
 
   def __post_init__(self):
     if self.prefix_source not in PREFIX_SOURCES:
@@ -49,14 +52,17 @@ class Iteration:
       raise ValueError("prefix_source='teacher' is OPD-only (CaOPD's P_acc needs student rollouts).")
 
   def rollout(self, state, prompts, key):
-    """(samples [B*K, C], Verdict): K completions per prompt from the prefix source, judged."""
-    rep = lambda x: jnp.repeat(x, self.num_samples, axis=0)
+    """(samples [B*K, C], Verdict): K completions per prompt from the prefix source, judged.
+    The B*K rows are declared split over the batch axes (B alone may not divide them)."""
+    rep = lambda x: constrain(jnp.repeat(x, self.num_samples, axis=0), (BATCH, None))
     student = (prompts["student_prompt"], prompts["student_valid"])
     if self.prefix_source == "student":
-      graphdef, params, (ids, valid) = self.graphdef, state.params, student
+      graphdef, params = self.graphdef, model_state(state.params, state.frozen)
+      ids, valid = student
     else:
       ctx, _ = opd_batch.teacher_context(prompts, None, self.context, self.consts, self.num_samples)
-      graphdef, params = self.teacher_graphdef, state.teacher
+      graphdef = self.teacher_graphdef
+      params = model_state(state.teacher, state.frozen if self.teacher_shares_base else None)
       ids, valid = opd_batch.context_tokens(student, ctx)
     samples = sample(graphdef, params, rep(ids), rep(valid), key, self.sampling)
     return samples, self.verify(prompts, samples)
@@ -69,6 +75,9 @@ class Iteration:
     if self.caopd:
       d = caopd.transform(d, verdict, self.consts, self.num_samples, self.sampling.pad_id)
     batch = opd_batch.assemble(d, self.num_samples)
+    rewards = verdict.correct.astype(jnp.float32)  # [B, K]: the verifier's, for GRPO
+    batch["rewards"] = constrain(rewards.reshape(-1), (BATCH,))
+    batch["group_rewards"] = constrain(jnp.repeat(rewards, self.num_samples, axis=0), (BATCH, None))
     p_acc = jnp.mean(verdict.correct.astype(jnp.float32), axis=-1)
     metrics.update(verdict.metrics)
     metrics["rollout/accuracy"] = jnp.mean(p_acc)  # of the teacher's samples with teacher prefixes

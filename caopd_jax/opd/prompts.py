@@ -44,7 +44,9 @@ def _tails(tokenizer, task, records, context):
 
 
 def constants(tokenizer, task, context, records, num_samples: int) -> Constants:
-  tail = "" if context.sees_student_prompt else _tails(tokenizer, task, records[:1], context)
+  """The row-constant segments and tables (no records: an empty tail, for compile-only plans)."""
+  tail = "" if context.sees_student_prompt or not records else _tails(tokenizer, task,
+                                                                      records[:1], context)
   pre, post = task.note_parts()
   suffix, values = confidence_tables(tokenizer, num_samples, task.confidence_prefix)
   return Constants(_segment(tokenizer, task.confidence_prefix), _segment(tokenizer, pre),

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from flax import nnx
 
-from caopd_jax.models import load_hf
+from caopd_jax.models import Transformer, load_hf, presets
 from caopd_jax.tokenizers import load_tokenizer
 
 KINDS = ("ema", "fixed")
@@ -89,10 +89,12 @@ def check_compatible(student_tok, teacher_tok, student_vocab_size=None, teacher_
 
 
 def make_teacher(kind: str, graphdef, params, *, path: str = "", tokenizer=None,
-                 ema_alpha: float = 0.01, dtype=jnp.float32) -> Teacher:
+                 ema_alpha: float = 0.01, dtype=jnp.float32, abstract: bool = False,
+                 **load_kw) -> Teacher:
   """The teacher for `kind` (see the module docstring). For kind="fixed", `path` is a local HF
-  directory (its tokenizer files are compared with `tokenizer`, the student's); an empty path
-  freezes a copy of the student's initial parameters."""
+  directory (its tokenizer files are compared with `tokenizer`, the student's), loaded with
+  `load_hf(path, dtype, **load_kw)` (e.g. mesh=: born sharded; abstract: only its shapes, from
+  its config.json or a preset); an empty path freezes a copy of the student's parameters."""
   if kind not in KINDS:
     raise ValueError(f"Unknown teacher kind {kind!r}; valid: {KINDS}.")
   if kind == "ema":
@@ -101,7 +103,11 @@ def make_teacher(kind: str, graphdef, params, *, path: str = "", tokenizer=None,
     return Teacher("ema", graphdef, params, float(ema_alpha))
   if not path:
     return Teacher("fixed", graphdef, params, 0.0)
-  model = load_hf(path, dtype=dtype)
+  if abstract:
+    load_kw.pop("mesh", None)
+    cfg = presets.model_config(path, jnp.dtype(dtype).name, **load_kw)
+    return Teacher("fixed", *nnx.split(nnx.eval_shape(lambda: Transformer(cfg))), 0.0, path)
+  model = load_hf(path, dtype=dtype, **load_kw)
   if tokenizer is not None:
     try:
       teacher_tok = load_tokenizer(path)

@@ -3,11 +3,13 @@
 from caopd_jax.tasks.arithmetic import Arithmetic
 from caopd_jax.tasks.base import Task
 from caopd_jax.tasks.chat import ChatTask
+from caopd_jax.tasks.math import Math
 from caopd_jax.tasks.plain import PlainTask
 from caopd_jax.tasks.science import Science
 from caopd_jax.tasks.tooluse import Tooluse
 
-TASKS: dict[str, type[Task]] = {"arithmetic": Arithmetic, "science": Science, "tooluse": Tooluse}
+TASKS: dict[str, type[Task]] = {"arithmetic": Arithmetic, "science": Science, "tooluse": Tooluse,
+                                 "math": Math}
 
 
 def get(cfg) -> Task:

@@ -1,7 +1,13 @@
 """`science`: multiple-choice chemistry questions (SciKnowEval, CaOPD/SDFT format).
 
-Verifier (released code): the LAST `<answer>X</answer>` (tag case-insensitive, content without
-'<', may span lines), stripped and upper-cased, equals the gold letter (stripped, upper-cased).
+Two verifiers. `strict` (training rewards; the released training code's): the LAST
+`<answer>X</answer>` (tag case-insensitive, content without '<', may span lines), stripped and
+upper-cased, equals the gold letter. `released` (the released *evaluation*'s lenient parser,
+`eval/chemistry_correctness.py`), in order: the FIRST `<answer>[A-D]</answer>`, an unclosed
+`<answer>[A-D]` at a line end (truncated output), the last line that is a bare letter, the last
+"Answer: X" / "answer is X". Option eval_parser picks the one evaluation uses (configs/paper use
+`released` for the paper's tables). The CaOPD cut is at the LAST "Confidence:" (a thinking
+trace may say "confidence" before the answer; the first would cut the answer away).
 """
 
 import json
@@ -37,9 +43,41 @@ def mcq_correct(text: str, gold: Any) -> bool:
   return bool(matches) and matches[-1].strip().upper() == expected
 
 
+_FIRST_TAG = re.compile(r"<answer>\s*([A-Da-d])\s*</answer>", re.IGNORECASE | re.DOTALL)
+_UNCLOSED = re.compile(r"<answer>\s*([A-Da-d])\s*$", re.IGNORECASE | re.MULTILINE)
+_ANSWER_IS = re.compile(r"[Aa]nswer(?:\s+is)?[:\s]+([A-Da-d])\b")
+
+
+def released_letter(text: str) -> str | None:
+  """The letter the released evaluation reads (module docstring), or None."""
+  for pattern in (_FIRST_TAG, _UNCLOSED):
+    m = pattern.search(text)
+    if m:
+      return m.group(1).upper()
+  for line in reversed([line.strip() for line in text.strip().splitlines()]):
+    if re.fullmatch(r"[A-Da-d]", line):
+      return line.upper()
+  found = _ANSWER_IS.findall(text)
+  return found[-1].upper() if found else None
+
+
+def released_correct(text: str, gold: Any) -> bool:
+  expected = gold_letter(gold)
+  return bool(expected) and isinstance(text, str) and released_letter(text) == expected
+
+
 class Science(ChatTask):
   name = "science"
   dataset = "science"
+  OPTIONS = ChatTask.OPTIONS + ("eval_parser",)
+
+  def __init__(self, cfg):
+    super().__init__(cfg)
+    if cfg.eval_parser not in ("strict", "released"):
+      raise ValueError(f"task.eval_parser must be 'strict' or 'released', got {cfg.eval_parser!r}.")
+
+  def eval_correct(self, text, gold):
+    return (released_correct if self.cfg.eval_parser == "released" else mcq_correct)(text, gold)
 
   def gold(self, record):
     return record["answer"]

@@ -2,6 +2,8 @@
 
 Verifier (released code): the first `Action: name` line and the balanced `{...}` after the first
 `Action Input:`, JSON-normalised with sort_keys; correct iff both equal the FIRST golden call.
+The CaOPD cut is at the FIRST "Confidence:": the verifier scores only the first call, and cutting
+at the last marker would keep any further (hallucinated) actions in the distillation target.
 """
 
 import json
@@ -116,6 +118,7 @@ def tooluse_correct(text: str, golden_answer: Any) -> bool:
 class Tooluse(ChatTask):
   name = "tooluse"
   dataset = "tooluse"
+  cut = "first"
 
   def gold(self, record):
     return record["golden_answer"]

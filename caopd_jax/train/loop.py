@@ -115,6 +115,37 @@ def _log_layout(mesh, state, state_sh):
   log.debug("state shardings:\n%s", sharding.shardings_summary(state, state_sh))
 
 
+def born_sharded(mesh, optimizer, params, teacher=None, rules=sharding.RULES, **init_kw):
+  """(TrainState, its shardings): `step.init_state` compiled with out_shardings, so the teacher
+  copy, the optimizer moments and the master weights are created in their shards (big_vision's
+  eval_shape + sharded init); `params` / `teacher` should already be sharded (load_hf(mesh=))."""
+  from caopd_jax.train.step import init_state  # pylint: disable=g-import-not-at-top
+  frozen = init_kw.pop("frozen", None)  # (an argument, not a constant of the compiled init)
+  fn = lambda p, t, f: init_state(p, optimizer, t, frozen=f, **init_kw)
+  state_sh = sharding.state_shardings(jax.eval_shape(fn, params, teacher, frozen), mesh, rules)
+  return jax.jit(fn, out_shardings=state_sh)(params, teacher, frozen), state_sh
+
+
+def abstract_state(mesh, optimizer, params, teacher=None, rules=sharding.RULES, **init_kw):
+  """The TrainState `born_sharded` would build, as ShapeDtypeStructs carrying their shardings
+  (nothing is allocated: caopd_jax.plan)."""
+  from caopd_jax.train.step import init_state  # pylint: disable=g-import-not-at-top
+  frozen = init_kw.pop("frozen", None)
+  shapes = jax.eval_shape(lambda p, t, f: init_state(p, optimizer, t, frozen=f, **init_kw),
+                          params, teacher, frozen)
+  per_leaf = sharding.leaf_shardings(shapes, sharding.state_shardings(shapes, mesh, rules))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                      per_leaf)
+
+
+def compile_step(step_fn, mesh, state, local_batch, rules=sharding.RULES):
+  """(jitted step, state shardings, batch shardings): the one jit of the train loop (declared
+  in/out shardings, the state donated), for `state` / `local_batch` (arrays or shapes)."""
+  state_sh = sharding.state_shardings(state, mesh, rules, check=False)
+  batch_sh = sharding.batch_shardings(local_batch, mesh, rules, global_shapes=False)
+  return sharding.jit_train_step(step_fn, mesh, state_sh, batch_sh), state_sh, batch_sh
+
+
 def host_params(params):
   """Params readable on this host (for exporting on process 0). With several processes the
   sharded arrays are all-gathered (a collective: every process must call it)."""
@@ -152,7 +183,7 @@ def train_loop(*, workdir: str, state, step_fn, get_batch, total_steps: int, log
   if start >= total_steps:
     log.info("%s: already complete (step %d of %d).", desc, start, total_steps)
     ckpt.close()
-    return state.replace(params=host_params(state.params))
+    return _for_export(state)
   _log_layout(mesh, state, state_sh)
   writer = MetricWriter(workdir)
   writer.truncate(start)  # a resumed run logs the steps after its checkpoint again
@@ -172,10 +203,10 @@ def train_loop(*, workdir: str, state, step_fn, get_batch, total_steps: int, log
       for step in range(start, total_steps):
         local_batch = get_batch(step)
         if step_jit is None:
-          batch_sh = sharding.batch_shardings(local_batch, mesh, rules, global_shapes=False)
-          step_jit = sharding.jit_train_step(step_fn, mesh, state_sh, batch_sh)
+          step_jit, _, batch_sh = compile_step(step_fn, mesh, state, local_batch, rules)
         batch = sharding.shard_batch(local_batch, mesh, rules, shardings=batch_sh)
-        state, metrics = step_jit(state, batch)
+        with jax.set_mesh(mesh):  # resolves sharding.constrain inside the step
+          state, metrics = step_jit(state, batch)
         history.append(metrics)
         done = step + 1
         guard.add(done, metrics)
@@ -200,4 +231,9 @@ def train_loop(*, workdir: str, state, step_fn, get_batch, total_steps: int, log
   if guard.skipped:
     log.warning("%s: %d update(s) had a non-finite loss, gradient or parameters and were "
                 "skipped (train/skipped in metrics.jsonl).", desc, guard.skipped)
-  return state.replace(params=host_params(state.params))
+  return _for_export(state)
+
+
+def _for_export(state):
+  return state.replace(params=host_params(state.params),
+                       frozen=None if state.frozen is None else host_params(state.frozen))

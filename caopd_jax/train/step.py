@@ -14,6 +14,14 @@ with the exact full-vocabulary token-level gradient (grad of sum_t KL_t at fixed
 i.e. `full_reverse` under the same masks and reduction).
 The teacher is scored without gradients; an EMA teacher follows theta_T <- (1-a) theta_T + a theta_S
 after every update (SDFT's `ref_model_mixup_alpha`).
+
+Gradient accumulation: with `microbatches=M` the batch is cut into M equal microbatches run by
+one `lax.scan` inside the step (student forward/backward and teacher scoring per microbatch);
+each microbatch's loss is divided by the whole batch's denominator (`core.denominator`), so the
+summed gradient, and the update, equal the one-big-batch ones. Token-mean metrics are combined
+weighted by each microbatch's token count.
+Master weights: with `init_state(..., master_weights=True)` the optimizer updates a float32 copy
+of the parameters (`state.master`) and the parameters (e.g. bfloat16) are that copy cast down.
 """
 
 import jax
@@ -22,6 +30,7 @@ import optax
 from flax import nnx, struct
 
 from caopd_jax import objectives
+from caopd_jax.objectives import core
 
 _F32 = jnp.float32
 sg = jax.lax.stop_gradient
@@ -40,13 +49,71 @@ class TrainState:
   opt_state: optax.OptState
   teacher: nnx.State | None  # teacher parameters (EMA of the student, or a fixed model)
   rng: jax.Array  # uint32 [2] raw key data (checkpoint friendly)
+  master: nnx.State | None = None  # float32 master copy of `params` (or None)
+  frozen: nnx.State | None = None  # parameters not trained (a LoRA run's base), or None
 
 
-def init_state(params, optimizer, teacher=None, seed: int = 0) -> TrainState:
-  """Step 0; the teacher is copied so it never aliases (donated) student buffers."""
-  teacher = None if teacher is None else jax.tree.map(jnp.copy, teacher)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    teacher=teacher, rng=jax.random.key_data(jax.random.key(seed)))
+def model_state(params, frozen):
+  """The whole model's parameters: `params` plus the frozen ones (LoRA), for nnx.merge."""
+  return params if frozen is None else nnx.merge_state(params, frozen)
+
+
+def init_state(params, optimizer, teacher=None, seed: int = 0, master_weights: bool = False,
+               teacher_dtype=None, frozen=None) -> TrainState:
+  """Step 0; the teacher is copied (in `teacher_dtype`, default its own) so it never aliases
+  (donated) student buffers. `frozen`: parameters kept out of the optimizer (a LoRA run trains
+  only `params`, its adapters). Jit it with out_shardings to build the state sharded."""
+  if teacher is not None:
+    teacher = jax.tree.map(lambda x: jnp.array(x, dtype=teacher_dtype or x.dtype), teacher)
+  master = jax.tree.map(lambda x: x.astype(_F32), params) if master_weights else None
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params if master is None else master),
+                    teacher=teacher, rng=jax.random.key_data(jax.random.key(seed)), master=master,
+                    frozen=frozen)
+
+
+def apply_update(state: TrainState, optimizer, grads):
+  """(params, opt_state, master) after one optimizer update (on the master copy if any)."""
+  if state.master is None:
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state, None
+  grads = jax.tree.map(lambda g: g.astype(_F32), grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.master)
+  master = optax.apply_updates(state.master, updates)
+  params = jax.tree.map(lambda m, p: m.astype(p.dtype), master, state.params)
+  return params, opt_state, master
+
+
+def split_microbatches(batch, n: int):
+  """Each [B, ...] leaf as [n, B / n, ...] (row i of microbatch j is row j * B/n + i)."""
+  def cut(x):
+    if x.shape[0] % n:
+      raise ValueError(f"batch of {x.shape[0]} rows does not split into {n} microbatches.")
+    return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+  return jax.tree.map(cut, batch)
+
+
+def accumulate(micro, batch, n: int, summed=lambda k: False):
+  """(summed gradients, metrics) of `micro(batch, i) -> (grads, metrics)` over n microbatches
+  (i = 0..n-1) in one lax.scan; metrics with `summed(key)` add up, the others are averaged
+  weighted by metrics["train/num_tokens"]."""
+  if n == 1:
+    return micro(batch, 0)
+  mbs = split_microbatches(batch, n)
+
+  def weigh(m):
+    return {k: v if summed(k) else v * m["train/num_tokens"] for k, v in m.items()}
+
+  def body(acc, xs):
+    g, m = micro(*xs)
+    return jax.tree.map(jnp.add, acc, (g, weigh(m))), None
+
+  first = jax.tree.map(lambda x: x[0], mbs)
+  zero = jax.tree.map(lambda x: jnp.zeros(x.shape, _F32 if jnp.issubdtype(x.dtype, jnp.floating)
+                                          else x.dtype), jax.eval_shape(micro, first, 0))
+  (grads, metrics), _ = jax.lax.scan(body, zero, (mbs, jnp.arange(n)))
+  n_tok = jnp.maximum(metrics["train/num_tokens"], 1.0)
+  return grads, {k: v if summed(k) else v / n_tok for k, v in metrics.items()}
 
 
 def tree_dot(a, b):
@@ -79,9 +146,9 @@ def ema(teacher, student, alpha: float):
   return jax.tree.map(lambda t, s: ((1 - alpha) * t + alpha * s).astype(t.dtype), teacher, student)
 
 
-def completion_hidden(model, tokens, valid, num_completion: int):
+def completion_hidden(model, tokens, valid, num_completion: int, dropout_key=None):
   """Hidden states [B, C, D] at the positions that predict the last C tokens."""
-  h, _ = model.hidden(tokens, valid=valid)
+  h, _ = model.hidden(tokens, valid=valid, dropout_key=dropout_key)
   return h[:, -num_completion - 1:-1]
 
 
@@ -89,7 +156,8 @@ def make_opd_step(graphdef, teacher_graphdef, optimizer, schedule=None, *, objec
                   hparams=None, report=(), compare_estimators: bool = False,
                   chunk_size: int = 256, ema_alpha: float = 0.0, importance_weights: bool = False,
                   diagnostics: bool = False, diagnostics_top_k: int = 8,
-                  on_nonfinite: str = "stop"):
+                  on_nonfinite: str = "stop", microbatches: int = 1,
+                  teacher_shares_base: bool = False):
   """Returns the pure OPD step optimising `objective` and reporting every objective in `report`.
 
   importance_weights: weight the optimised objective's per-token terms by the truncated ratio
@@ -101,9 +169,16 @@ def make_opd_step(graphdef, teacher_graphdef, optimizer, schedule=None, *, objec
   top-K = diagnostics_top_k) over the optimised objective's mask, chunk-wise and without
   gradients; nothing is computed when False.
   on_nonfinite: the divergence guard's policy (`guarded_update`).
+  microbatches: gradient accumulation (module docstring); needs compare_estimators and
+  diagnostics off (their metrics are not token means of one mask).
+  teacher_shares_base: the teacher is `state.teacher` over the student's frozen base (an EMA of a
+  LoRA student's adapters: one copy of the base in memory).
   """
+  if microbatches > 1 and (compare_estimators or diagnostics):
+    raise ValueError("compare_estimators and diagnostics need microbatches=1.")
   hparams = dict(hparams or {})
-  objectives.get_objective(objective).resolve(hparams)  # fail early on bad names/hparams
+  optimised = objectives.get_objective(objective)
+  resolved = optimised.resolve(hparams)  # fails early on bad names
   shared = {k: v for k, v in hparams.items() if k in _SHARED}
   report = tuple(n for n in report if n != objective)
   for name in report:
@@ -111,99 +186,117 @@ def make_opd_step(graphdef, teacher_graphdef, optimizer, schedule=None, *, objec
 
   def step(state: TrainState, batch):
     c = batch["completion_mask"].shape[1]
-    tokens = batch["student_tokens"][:, -c:]
-    mask = batch["completion_mask"]
-    teacher = nnx.merge(teacher_graphdef, sg(state.teacher))
-    teacher_h = sg(completion_hidden(teacher, batch["teacher_tokens"], batch["teacher_valid"], c))
+    teacher = nnx.merge(teacher_graphdef, sg(model_state(
+        state.teacher, state.frozen if teacher_shares_base else None)))
     teacher_kernel = sg(teacher.output_kernel())
+    dropout = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1)  # LoRA dropout
+    full = core.effective_mask(batch["completion_mask"], batch["student_tokens"][:, -c:],
+                               resolved["special_token_ids"], resolved["skip_first"])
+    denom = core.denominator(full, resolved["reduction"])  # the whole batch's
 
-    def student_head(params):
-      model = nnx.merge(graphdef, params)
-      return (completion_hidden(model, batch["student_tokens"], batch["student_valid"], c),
-              model.output_kernel())
+    def micro(mb, i):
+      tokens, mask = mb["student_tokens"][:, -c:], mb["completion_mask"]
+      teacher_h = sg(completion_hidden(teacher, mb["teacher_tokens"], mb["teacher_valid"], c))
 
-    (h, kernel), vjp = jax.vjp(student_head, state.params)
+      def student_head(params):
+        model = nnx.merge(graphdef, model_state(params, state.frozen))
+        return (completion_hidden(model, mb["student_tokens"], mb["student_valid"], c,
+                                  jax.random.fold_in(dropout, i)), model.output_kernel())
 
-    def head_loss(name, hp):
-      def f(h, kernel):
-        return objectives.chunked_objective(name, h, kernel, teacher_h, teacher_kernel, tokens,
-                                            mask, chunk_size=chunk_size, **hp)
-      return f
+      (h, kernel), vjp = jax.vjp(student_head, state.params)
 
-    def param_grad(name, hp):
-      (loss, metrics), head_grads = jax.value_and_grad(head_loss(name, hp), argnums=(0, 1),
-                                                       has_aux=True)(h, kernel)
-      return loss, metrics, vjp(head_grads)[0]
+      def head_loss(name, hp):
+        def f(h, kernel):
+          return objectives.chunked_objective(name, h, kernel, teacher_h, teacher_kernel, tokens,
+                                              mask, chunk_size=chunk_size, denominator=denom,
+                                              **hp)
+        return f
 
-    main_hp = dict(hparams)
-    if importance_weights:  # truncated IS weights min(pi / mu, is_clip) from the sampler's mu
-      main_hp["behavior_logprobs"] = batch["behavior_logprobs"]
-    loss, main_metrics, grads = param_grad(objective, main_hp)
-    metrics = {f"train/{k}": v for k, v in main_metrics.items()}
+      def param_grad(name, hp):
+        (loss, metrics), head_grads = jax.value_and_grad(head_loss(name, hp), argnums=(0, 1),
+                                                         has_aux=True)(h, kernel)
+        return loss, metrics, vjp(head_grads)[0]
+
+      main_hp = dict(hparams)
+      main_hp.update({hp: mb[key] for hp, key in optimised.batch_inputs if key in mb})
+      if importance_weights:  # truncated IS weights min(pi / mu, is_clip) from the sampler's mu
+        main_hp["behavior_logprobs"] = mb["behavior_logprobs"]
+      _, main_metrics, grads = param_grad(objective, main_hp)
+      metrics = {f"train/{k}": v for k, v in main_metrics.items()}
+      exact = None
+      if compare_estimators:
+        _, _, exact = param_grad("full_reverse", shared)
+        metrics[f"estimators/{objective}/cos_exact"] = cosine(grads, exact)
+      for name in report:
+        if compare_estimators:
+          value, _, g = param_grad(name, shared)
+          metrics[f"estimators/{name}/grad_norm"] = optax.tree.norm(g)
+          metrics[f"estimators/{name}/cos_optimised"] = cosine(g, grads)
+          metrics[f"estimators/{name}/cos_exact"] = cosine(g, exact)
+        else:
+          value, _ = head_loss(name, shared)(sg(h), sg(kernel))
+        metrics[f"objectives/{name}"] = value
+      if diagnostics:  # per-token diagnostics on the same hidden states, no gradients
+        from caopd_jax.diagnostics import token_stats  # pylint: disable=g-import-not-at-top
+        metrics.update(token_stats.chunked_metrics(sg(h), sg(kernel), teacher_h, teacher_kernel,
+                                                   tokens, mask, chunk_size=chunk_size,
+                                                   top_k=diagnostics_top_k, **shared))
+      return grads, metrics
+
+    summed = lambda k: k in ("train/loss", "train/num_tokens") or k.startswith("objectives/")
+    grads, metrics = accumulate(micro, batch, microbatches, summed)
     metrics["train/grad_norm"] = optax.tree.norm(grads)
     if schedule is not None:
       metrics["train/lr"] = jnp.asarray(schedule(state.step), _F32)
-
-    exact = None
-    if compare_estimators:
-      _, _, exact = param_grad("full_reverse", shared)
-      metrics[f"estimators/{objective}/cos_exact"] = cosine(grads, exact)
-    for name in report:
-      if compare_estimators:
-        value, _, g = param_grad(name, shared)
-        metrics[f"estimators/{name}/grad_norm"] = optax.tree.norm(g)
-        metrics[f"estimators/{name}/cos_optimised"] = cosine(g, grads)
-        metrics[f"estimators/{name}/cos_exact"] = cosine(g, exact)
-      else:
-        value, _ = head_loss(name, shared)(sg(h), sg(kernel))
-      metrics[f"objectives/{name}"] = value
-
-    if diagnostics:  # per-token diagnostics on the same hidden states, no gradients
-      from caopd_jax.diagnostics import token_stats  # pylint: disable=g-import-not-at-top
-      metrics.update(token_stats.chunked_metrics(sg(h), sg(kernel), teacher_h, teacher_kernel,
-                                                 tokens, mask, chunk_size=chunk_size,
-                                                 top_k=diagnostics_top_k, **shared))
-
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state, master = apply_update(state, optimizer, grads)
     new_teacher = ema(state.teacher, params, ema_alpha) if ema_alpha else state.teacher
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              teacher=new_teacher)
-    return guarded_update(state, new_state, loss, metrics["train/grad_norm"], metrics,
-                          on_nonfinite)
+                              teacher=new_teacher, master=master)
+    return guarded_update(state, new_state, metrics["train/loss"], metrics["train/grad_norm"],
+                          metrics, on_nonfinite)
 
   return step
 
 
-def sft_loss(model, tokens, valid, loss_mask):
-  """Mean next-token cross-entropy over positions where loss_mask[b, t] (t predicts tokens[b, t])."""
+def sft_loss(model, tokens, valid, loss_mask, denominator=None):
+  """Mean next-token cross-entropy over positions where loss_mask[b, t] (t predicts tokens[b, t]),
+  divided by `denominator` (default: their count)."""
   h, _ = model.hidden(tokens, valid=valid)
   logits = model.logits(h[:, :-1])
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
   m = loss_mask[:, 1:].astype(_F32)
-  loss = jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1.0)
-  acc = jnp.sum((jnp.argmax(logits, -1) == tokens[:, 1:]) * m) / jnp.maximum(jnp.sum(m), 1.0)
+  n = jnp.maximum(jnp.sum(m), 1.0)
+  loss = jnp.sum(nll * m) / (n if denominator is None else denominator)
+  acc = jnp.sum((jnp.argmax(logits, -1) == tokens[:, 1:]) * m) / n
   return loss, {"train/loss": loss, "train/token_accuracy": acc, "train/num_tokens": jnp.sum(m)}
 
 
-def make_sft_step(graphdef, optimizer, schedule=None, on_nonfinite: str = "stop"):
-  """Supervised step on batch {tokens, valid, loss_mask} (all [B, T])."""
+def make_sft_step(graphdef, optimizer, schedule=None, on_nonfinite: str = "stop",
+                  microbatches: int = 1):
+  """Supervised step on batch {tokens, valid, loss_mask} (all [B, T]); `microbatches` as for
+  make_opd_step."""
 
   def step(state: TrainState, batch):
-    def loss_fn(params):
-      return sft_loss(nnx.merge(graphdef, params), batch["tokens"], batch["valid"],
-                      batch["loss_mask"])
+    denom = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:].astype(_F32)), 1.0)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    def micro(mb, i):
+      del i
+      def loss_fn(params):
+        return sft_loss(nnx.merge(graphdef, params), mb["tokens"], mb["valid"], mb["loss_mask"],
+                        denom)
+      (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      return grads, metrics
+
+    summed = lambda k: k in ("train/loss", "train/num_tokens")
+    grads, metrics = accumulate(micro, batch, microbatches, summed)
     metrics["train/grad_norm"] = optax.tree.norm(grads)
     if schedule is not None:
       metrics["train/lr"] = jnp.asarray(schedule(state.step), _F32)
-    new_state = state.replace(step=state.step + 1,
-                              params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state)
-    return guarded_update(state, new_state, loss, metrics["train/grad_norm"], metrics,
-                          on_nonfinite)
+    params, opt_state, master = apply_update(state, optimizer, grads)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              master=master)
+    return guarded_update(state, new_state, metrics["train/loss"], metrics["train/grad_norm"],
+                          metrics, on_nonfinite)
 
   return step

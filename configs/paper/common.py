@@ -18,6 +18,10 @@ Arguments (comma-separated key=value after the config path):
   teacher=ema|fixed         EMA self-teacher (default) or a fixed checkpoint (teacher_size=...)
   teacher_size=8b           with teacher=fixed: the teacher Qwen3-{teacher_size} under model_root
   thinking=true|false       Qwen3 chat template's enable_thinking (default: the template's)
+  hardware=h100x8|v5p-8|v4-32|v5e-16|v4-8
+                            memory settings measured to fit that slice (PLANS; default: scanned
+                            layers, full remat, one microbatch, float32 state, which fits every
+                            size on h100x8, v5p-8 and v4-32); a size that does not fit is an error
 """
 
 import os
@@ -33,11 +37,23 @@ DATA_ENV = "CAOPD_DATA_DIR"  # holds science_data/ and tooluse_data/ (train_data
 # Device mesh (data, fsdp, tensor) of caopd_jax.sharding: FSDP over every device by default.
 MESH = {"0.6b": (1, -1, 1), "1.7b": (1, -1, 1), "4b": (1, -1, 1), "8b": (1, -1, 1)}
 CONTEXTS = ("demo", "correct_solution", "none")
+# Memory per (size, hardware) from the compile-only planner (python -m experiments.plan_table;
+# table and commands in docs/scaling.md): the default below fits wherever no entry says
+# otherwise; None: nothing on the planner's ladder fits in 90% of that slice's HBM.
+MEMORY = dict(scan_layers=True, remat="full", microbatches=1, param_dtype="float32",
+              master_weights=False)
+HARDWARE = ("h100x8", "v5p-8", "v4-32", "v5e-16", "v4-8")
+PLANS = {("4b", "v5e-16"): dict(microbatches=2), ("4b", "v4-8"): None,
+         ("8b", "v5e-16"): None, ("8b", "v4-8"): None}
+# Where full fine-tuning does not fit, LoRA (rank 16, bfloat16 base and teacher, one sequence per
+# device per microbatch) does: measured peaks 12.0 GiB of 16 (8B, v5e-16), 21.6 of 32 (8B, v4-8).
+LORA_PLANS = {("8b", "v5e-16"): dict(microbatches=2), ("8b", "v4-8"): dict(microbatches=8)}
 
 
 def parse(arg):
   a = config_utils.parse_arg(arg, size="0.6b", model_root="", caopd=True, kl="forward",
-                             context="demo", teacher="ema", teacher_size="", thinking=None)
+                             context="demo", teacher="ema", teacher_size="", thinking=None,
+                             hardware="")
   config_utils.check_choice("size", a.size, tuple(SIZES))
   config_utils.check_choice("kl", a.kl, ("forward", "reverse"))
   config_utils.check_choice("context", a.context, CONTEXTS)
@@ -45,7 +61,24 @@ def parse(arg):
   if a.teacher == "fixed":
     config_utils.check_choice("teacher_size", a.teacher_size, tuple(SIZES))
   a.thinking = None if a.thinking is None else config_utils.as_bool("thinking", a.thinking)
+  if a.hardware:
+    config_utils.check_choice("hardware", a.hardware, HARDWARE)
   return a
+
+
+def memory(size, hardware):
+  """The memory settings of `size` on `hardware` (PLANS); raises if the planner found none."""
+  plan = PLANS.get((size, hardware), {})
+  if plan is None:
+    fits = [h for h in HARDWARE if PLANS.get((size, h), {}) is not None]
+    lora = LORA_PLANS.get((size, hardware))
+    hint = ("" if lora is None else
+            f" LoRA fits there (drop hardware=): --config.lora.rank=16 --config.param_dtype=bfloat16 "
+            f"--config.teacher.dtype=bfloat16 --config.microbatches={lora['microbatches']}.")
+    raise ValueError(f"Qwen3-{size.upper()} full fine-tuning does not fit on {hardware} with any "
+                     f"setting the planner tried (docs/scaling.md, 'Memory plans'); it fits on "
+                     f"{fits}.{hint} Check a setting of your own with `python -m caopd_jax.plan`.")
+  return {**MEMORY, **plan}
 
 
 def model_dir(root, size):
@@ -61,6 +94,8 @@ def task(name, thinking=None, **overrides):
       demo_fallback="gold",  # rows without a demonstration get one written from the gold label
       chat_template_kwargs=ml_collections.ConfigDict(
           {} if thinking is None else {"enable_thinking": thinking})))
+  if name == "science":  # evaluation reads answers with the released evaluation's parser
+    t.eval_parser = "released"
   t.update(overrides)
   return t
 
@@ -68,7 +103,7 @@ def task(name, thinking=None, **overrides):
 def evaluation(**overrides):
   """Deployment-time evaluation on the eval split: one sample per question."""
   e = common.evaluation(splits=("eval",), batch_size=64, seed=0, max_prompt_len=1024,
-                        group_by="", sampling=common.sampling(max_new_tokens=1024,
+                        group_by="", sampling=common.sampling(max_new_tokens=2048,
                                                               decode_segments=8))
   e.update(overrides)
   return e
@@ -97,6 +132,7 @@ def real_opd(task_name, arg=None):
   c.chunk_size = 128  # sequence chunk of the full-vocabulary loss (vocab 151936)
   c.optim.update(dict(lr=2e-5))
   c.mesh = MESH[a.size]
+  c.update(memory(a.size, a.hardware))
   c.log_every = 1
   c.export_dtype = "bfloat16"  # dtype of the exported safetensors (transformers / vLLM)
   c.eval = evaluation()
