@@ -33,6 +33,12 @@ Rematerialised work (the chunked objective recomputes the vocabulary projections
 backward) is not model FLOPs and is not counted.
 
   python -m benchmarks.train_step [--rounds 7] [--chunk-size 192]
+  python -m benchmarks.train_step --profile=/tmp/ts_prof --no-torch --rounds 1
+
+--profile=DIR traces `--profile-steps` more steps of ours with `jax.profiler` (a perfetto trace
+under DIR) and prints where the device time goes: every XLA op's summed duration per step,
+grouped (matmul fusions, layout copies / transposes, reductions, other fusions), and the ten
+most expensive ops.
 """
 import argparse
 import os
@@ -217,6 +223,8 @@ def main():
   ap.add_argument("--rounds", type=int, default=7)
   ap.add_argument("--peak-sizes", type=int, nargs="+", default=[1024, 2048])
   ap.add_argument("--no-torch", action="store_true")
+  ap.add_argument("--profile", default="", help="trace our step into this directory")
+  ap.add_argument("--profile-steps", type=int, default=3)
   a = ap.parse_args()
 
   import jax
@@ -279,7 +287,7 @@ def main():
   med = {k: statistics.median(v) for k, v in times.items()}
   peak = {fw: max(2 * n ** 3 / statistics.median(ts) for n, ts in d.items())
           for fw, d in peaks.items()}
-  machine_peak = max(peak["jax"] if ref is None else peak.values())
+  machine_peak = peak["jax"] if ref is None else max(peak.values())
   if ref is not None:
     print(f"loss after {a.rounds + 1} steps: ours {losses['ours'][-1]:.7f}  PyTorch "
           f"{losses['torch'][-1]:.7f}  |diff| {abs(losses['ours'][-1] - losses['torch'][-1]):.2e}")
@@ -302,6 +310,61 @@ def main():
   for fw in peak:
     print(f"matmul GFLOP/s {fw}: " + ", ".join(
         f"n={n} {2 * n ** 3 / statistics.median(ts) / 1e9:.1f}" for n, ts in peaks[fw].items()))
+  if a.profile:
+    profile(ours, a.profile, a.profile_steps)
+
+
+GROUPS = (("YNNPACK fusions (dots, their reductions)", ("ynn", "xnn", "onednn", "dot")),
+          ("layout copies and transposes", ("copy", "transpose")))
+
+
+def profile(ours, directory, steps):
+  """Traces `steps` steps of ours and prints the op time per step by group (summarize)."""
+  import glob
+  import jax
+  t0 = time.perf_counter()
+  with jax.profiler.trace(directory, create_perfetto_trace=True):
+    for _ in range(steps):
+      ours()
+  wall = (time.perf_counter() - t0) / steps
+  path = sorted(glob.glob(os.path.join(directory, "**", "perfetto_trace.json.gz"),
+                          recursive=True))[-1]
+  summarize(path, steps, wall)
+
+
+def summarize(path, steps, wall):
+  """Sums the XLA ops' durations of a perfetto trace (events with an `hlo_op`) per step."""
+  import collections
+  import gzip
+  import json
+  with gzip.open(path) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  ops, busy = collections.Counter(), collections.Counter()
+  for e in events:
+    if e.get("ph") != "X":
+      continue
+    if "hlo_op" in e.get("args", {}):
+      ops[e["name"]] += e.get("dur", 0) / 1e6 / steps
+    elif e["name"] == "ThunkExecutor::Execute":  # an XLA worker thread running the program
+      busy[e["tid"]] += e.get("dur", 0) / 1e6 / steps
+  if not ops:
+    print(f"profile: no XLA op events found in {path}")
+    return
+  groups = collections.Counter()
+  for name, t in ops.items():
+    low = name.lower()
+    g = next((g for g, keys in GROUPS if any(k in low for k in keys)), "other fusions and ops")
+    groups[g] += t
+  total = sum(ops.values())
+  print(f"\nprofile ({path}), per step: wall {wall:.3f} s (traced); summed XLA op time "
+        f"{total:.3f} s; XLA worker threads busy " +
+        ", ".join(f"{t:.3f} s" for t in sorted(busy.values(), reverse=True)))
+  for g, t in groups.most_common():
+    print(f"  {g:<40} {t:7.3f} s  {t / total:6.1%}")
+  print("  most expensive ops:")
+  for name, t in ops.most_common(10):
+    print(f"    {name:<50} {t:7.3f} s")
 
 
 if __name__ == "__main__":

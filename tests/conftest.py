@@ -4,20 +4,18 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))  # tests/ helpers (hf_fixtures)
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # the repo root
 
-# The suite is compile-bound (hundreds of small jitted programs run once or twice), so tests
-# compile with XLA's LLVM optimisation off: 4:00 instead of 5:20 for the whole suite on the
-# 2-core box. Numerics are unchanged within every test's tolerance; the jobs, experiments and
-# benchmarks (which check parity with HF themselves) use XLA's defaults. CAOPD_TEST_XLA_DEFAULT=1
-# runs the tests with the default pipeline too. Set before JAX creates its CPU backend.
-if not os.environ.get("CAOPD_TEST_XLA_DEFAULT"):
-  _FAST = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-  if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST).strip()
+import fast_xla  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Set before JAX creates its CPU backend (tests/fast_xla.py says why).
+if fast_xla.FLAGS and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + fast_xla.FLAGS).strip()
 
 
-# fixture name -> module that queues its subprocess job (tests/background.py), longest first.
-_BACKGROUND = (("runs_checkpoint", "test_checkpoint"), ("swept", "test_sweep"),
-               ("results", "test_sharding"), ("runs", "test_multihost"))
+# fixture name -> module that queues its subprocess job (tests/background.py), in the order the
+# in-process tests (alphabetical files) reach them, so that none waits for a later one.
+_BACKGROUND = (("runs_checkpoint", "test_checkpoint"), ("runs", "test_multihost"),
+               ("matrix_runs", "test_opd_job"), ("results", "test_sharding"),
+               ("swept", "test_sweep"))
 
 
 def pytest_collection_finish(session):
@@ -52,9 +50,5 @@ def real_env(tmp_path_factory):
 @pytest.fixture(scope="session")
 def arithmetic_models(tmp_path_factory):
   """(root, student dir, teacher dir): tiny random decoders over the arithmetic task's tokens."""
-  from caopd_jax import tasks  # pylint: disable=import-outside-toplevel
-  from configs import common  # pylint: disable=import-outside-toplevel
-  from hf_fixtures import tiny_model_dir  # pylint: disable=import-outside-toplevel
-  root = tmp_path_factory.mktemp("arith")
-  tok = tasks.get(common.arithmetic_task()).new_tokenizer()
-  return root, tiny_model_dir(root / "student", tok, 0), tiny_model_dir(root / "teacher", tok, 1, 24)
+  import opd_matrix  # pylint: disable=import-outside-toplevel
+  return opd_matrix.arithmetic_models(tmp_path_factory.mktemp("arith"))

@@ -32,12 +32,9 @@ from caopd_jax.models import ModelConfig, Transformer
 from caopd_jax.train.step import init_state
 
 import background  # pylint: disable=g-bad-import-order
+import fast_xla  # pylint: disable=g-bad-import-order
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Compile time dominates these subprocess tests; XLA's backend optimisation level only changes
-# how fast the compiled code runs (results are compared with tolerances / between equal flags).
-_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
 
 # ------------------------------------------------------------------------------- unit tests
 
@@ -152,7 +149,7 @@ def _env(cache):
   env = dict(os.environ)
   env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             XLA_FLAGS=(env.get("XLA_FLAGS", "") + " " + _FAST_XLA).strip())
+             XLA_FLAGS=(env.get("XLA_FLAGS", "") + " " + fast_xla.FLAGS).strip())
   for k in list(env):
     if k.startswith(("CAOPD_", "SLURM_")):
       del env[k]

@@ -14,7 +14,7 @@ from caopd_jax.jobs import opd
 from caopd_jax.diagnostics.toy import sum_mod_success
 from caopd_jax.objectives.grpo import group_advantages
 from caopd_jax.toy import enumerable as en
-from test_opd_job import one_step_config
+from opd_matrix import one_step_config
 
 TOY = en.Toy(vocab=3, horizon=4)
 

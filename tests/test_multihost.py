@@ -19,13 +19,10 @@ import numpy as np
 import pytest
 
 import background  # pylint: disable=g-bad-import-order
+import fast_xla  # pylint: disable=g-bad-import-order
 
 MESHES = ((2, 4, 1), (1, 1, 8))
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Compile time dominates these subprocess tests; XLA's backend optimisation level only changes
-# how fast the compiled code runs (results are compared with tolerances / between equal flags).
-_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
 
 def worker(out, coordinator=None, num_processes=1, process_id=0):
   from caopd_jax import distributed  # pylint: disable=g-import-not-at-top
@@ -91,7 +88,7 @@ def _free_port():
 def _env(devices):
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      f" --xla_force_host_platform_device_count={devices} {_FAST_XLA}").strip()
+                      f" --xla_force_host_platform_device_count={devices} {fast_xla.FLAGS}").strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
   for k in list(env):

@@ -1,10 +1,13 @@
-"""The one OPD program on every task: a matrix of one-iteration runs of the OPD job (every
-registered task x {OPD, CaOPD} x {EMA, fixed teacher}), and a brand-new task defined here, outside
-the package, registered and run end to end (base -> OPD -> CaOPD -> evaluation) through the job
-`run.py` runs."""
+"""The one OPD program on every task: one-iteration runs of the OPD job on every registered task x
+{OPD, CaOPD} x {EMA, fixed teacher} (tests/opd_matrix.py, run in the background), a brand-new
+task defined here, outside the package, registered and run end to end (base -> OPD -> CaOPD ->
+evaluation) through the job `run.py` runs, and the compile-only planner."""
 
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,46 +15,48 @@ import pytest
 from caopd_jax import jobs, tasks
 from caopd_jax.tasks.plain import PlainTask
 from configs import common, smoke
-from configs.paper import common as paper
 
-from shared_eval import EVAL_DIR  # pylint: disable=g-bad-import-order
+import background  # pylint: disable=g-bad-import-order
+import opd_matrix  # pylint: disable=g-bad-import-order
+import shared_eval  # pylint: disable=g-bad-import-order
+from opd_matrix import one_step_config  # pylint: disable=g-bad-import-order
 
-
-def one_step_config(name, env, caopd, teacher, tmp=None):
-  if name == "arithmetic":
-    root, student, fixed = env
-    c = common.opd(data_dir=str(root / "tfds"))
-    c.task.update(dict(num_train=40, num_test=8, num_ood=4))
-  elif name == "math":  # no math data is shared: a few GSM8K-style records written here
-    from test_math import write_math  # pylint: disable=g-import-not-at-top
-    student, fixed = env["student"], env["teacher"]
-    c = common.opd(data_dir=str(tmp / "tfds"), max_prompt_len=96, max_demo_len=32)
-    c.task = paper.task(name, manual_dir=write_math(str(tmp / "math_data")))
-  else:
-    student, fixed = env["student"], env["teacher"]
-    c = common.opd(data_dir=env["tfds"], train_split="eval", max_prompt_len=96, max_demo_len=32)
-    c.task = paper.task(name, manual_dir=EVAL_DIR, limit=4)
-  c.update(dict(init_from=student, caopd=caopd, steps=1, num_samples=2, prompts_per_step=2,
-                report_objectives=(), log_every=1, checkpoint_every=1))
-  c.teacher.update(dict(kind=teacher, path=fixed if teacher == "fixed" else ""))
-  c.sampling.max_new_tokens = 6
-  c.eval.enabled = False
-  return c
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.parametrize("teacher", ["ema", "fixed"])
-@pytest.mark.parametrize("caopd", [False, True])
-@pytest.mark.parametrize("name", sorted(tasks.TASKS))
-def test_every_task_runs_an_iteration_of_the_opd_job(request, tmp_path, name, caopd, teacher):
-  env = request.getfixturevalue("arithmetic_models" if name == "arithmetic" else "real_env")
-  c = one_step_config(name, env, caopd, teacher, tmp_path)
-  jobs.run(c, str(tmp_path / "w"))
-  with open(tmp_path / "w" / "metrics.jsonl") as f:
+def _runs(tmp):
+  """Runs tests/opd_matrix.py in a subprocess (on the core the in-process tests leave idle)."""
+  log = os.path.join(tmp, "log.txt")
+  with open(log, "w") as f:
+    proc = subprocess.run([sys.executable, os.path.join(_HERE, "opd_matrix.py"), tmp],
+                          stdout=f, stderr=subprocess.STDOUT, timeout=1200,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  with open(log, errors="replace") as f:
+    return pathlib.Path(tmp), proc.returncode, f.read()
+
+
+def start_background():
+  background.start("opd_matrix", _runs)
+
+
+@pytest.fixture(scope="module")
+def matrix_runs():
+  root, rc, log = background.result("opd_matrix", _runs)
+  assert rc == 0, log[-4000:]
+  return root
+
+
+@pytest.mark.parametrize("name,caopd,teacher", list(opd_matrix.cases()))
+def test_every_task_runs_an_iteration_of_the_opd_job(matrix_runs, name, caopd, teacher):
+  if name != "arithmetic" and not shared_eval.FOUND:
+    pytest.skip(shared_eval.REASON)
+  w = matrix_runs / opd_matrix.case_id(name, caopd, teacher) / "w"
+  with open(w / "metrics.jsonl") as f:
     (m,) = [json.loads(line) for line in f]
   assert m["step"] == 1 and np.isfinite(m["train/loss"]) and m["train/grad_norm"] > 0
   assert 0 <= m["rollout/accuracy"] <= 1
   assert ("rollout/marker_found" in m) == (tasks.TASKS[name].verification == "text")
-  assert os.path.exists(tmp_path / "w" / "model" / "config.json")
+  assert os.path.exists(w / "model" / "config.json")
 
 
 # ---- a task defined outside the package --------------------------------------------------------

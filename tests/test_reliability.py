@@ -29,10 +29,10 @@ from caopd_jax.train.loop import Diverged, train_loop
 from caopd_jax.train.step import init_state, make_opd_step, make_sft_step
 from configs import common, smoke
 
+import fast_xla  # pylint: disable=g-bad-import-order
 import test_data  # pylint: disable=g-bad-import-order
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 TASK = tasks.get(common.arithmetic_task(pad_operands=False, answer_order="msb"))
 TOK = TASK.new_tokenizer()
 
@@ -43,7 +43,7 @@ def strict_json(line):
 
 
 def run_py(*args, env=None):
-  e = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=_FAST_XLA, **(env or {}))
+  e = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=fast_xla.FLAGS, **(env or {}))
   return subprocess.run([sys.executable, os.path.join(_ROOT, "run.py"), *args], cwd=_ROOT, env=e,
                         capture_output=True, text=True, timeout=300)
 

@@ -93,20 +93,20 @@ def test_sft_accumulation_and_master_weights():
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(t))
 
 
-@pytest.mark.parametrize("policy", ["full", "save_dots"])
-def test_remat_policies_give_the_same_gradients(policy):
+def test_remat_policies_give_the_same_gradients():
   cfg = ModelConfig.tiny(vocab_size=V)
   graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(2)))
   batch = jax.tree.map(jnp.asarray, opd_batch(3))
   grads = {}
-  for name, c in (("none", cfg), (policy, cfg.replace(remat=policy))):
-    gd = nnx.graphdef(Transformer(c, rngs=nnx.Rngs(2)))
+  for policy in ("none", "full", "save_dots"):
+    gd = nnx.graphdef(Transformer(cfg.replace(remat=policy), rngs=nnx.Rngs(2)))
     step = jax.jit(make_opd_step(gd, graphdef, optax.sgd(1.0), objective="full_forward",
                                  chunk_size=4))
     new, _ = step(init_state(jax.tree.map(jnp.copy, params), optax.sgd(1.0), teacher=params),
                   batch)
-    grads[name] = jax.tree.map(lambda a, b: a - b, params, new.params)
-  close(grads[policy], grads["none"], rtol=1e-5, atol=1e-8)
+    grads[policy] = jax.tree.map(lambda a, b: a - b, params, new.params)
+  for policy in ("full", "save_dots"):
+    close(grads[policy], grads["none"], rtol=1e-5, atol=1e-8)
 
 
 @pytest.fixture(scope="module")

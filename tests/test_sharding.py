@@ -17,14 +17,11 @@ import numpy as np
 import pytest
 
 import background  # pylint: disable=g-bad-import-order
+import fast_xla  # pylint: disable=g-bad-import-order
 
 V, PS, PT, C, B = 64, 5, 9, 6, 8
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Compile time dominates these subprocess tests; XLA's backend optimisation level only changes
-# how fast the compiled code runs (results are compared with tolerances / between equal flags).
-_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
 
 def problem():
   """Tiny model, OPD step (Adam + EMA teacher), a hand-made batch and sampler inputs."""
@@ -183,7 +180,7 @@ def worker(meshes, out, hf_dir=None):
 def _env():
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " +
-                      _FAST_XLA).strip()
+                      fast_xla.FLAGS).strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return env

@@ -19,6 +19,7 @@ import pytest
 from caopd_jax import config_utils
 
 import background  # pylint: disable=g-bad-import-order
+import fast_xla  # pylint: disable=g-bad-import-order
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
@@ -26,9 +27,6 @@ from experiments import gather, sweep  # pylint: disable=g-import-not-at-top,wro
 
 # The two sweep jobs run (of the smoke config's four): both objectives and both learning rates.
 JOBS = ("objective-full_forward.lr-0.0003", "objective-full_reverse.lr-0.001")
-# Compile time dominates these runs; XLA's backend optimisation level does not matter here.
-_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
 
 def test_parse_arg_types_defaults_and_errors():
   a = config_utils.parse_arg("lr=1e-3,steps=10,name=x,fast", lr=0.1, steps=1, name="a",
@@ -79,7 +77,7 @@ def _env(cache=None):
   """Subprocess environment; `cache`: a JAX compilation cache shared by the pipeline and the
   sweep's jobs (they compile many identical programs)."""
   env = dict(os.environ)
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=(env.get("XLA_FLAGS", "") + " " + _FAST_XLA).strip())
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=(env.get("XLA_FLAGS", "") + " " + fast_xla.FLAGS).strip())
   if cache is not None:
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   return env

@@ -17,7 +17,6 @@ Arrays are restored directly into the target shardings (pass them to `restore_la
 run may resume on a different mesh or number of processes.
 """
 
-import json
 import logging
 import os
 import time
@@ -172,44 +171,3 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
-
-
-# ------------------------------------------------------------------------- run completion
-
-COMPLETE = "run_complete.json"
-
-
-def config_fingerprint(config) -> str | None:
-  """The config as canonical JSON (None if it does not serialise: then nothing is skipped)."""
-  try:
-    return config.to_json(sort_keys=True)
-  except Exception:  # pylint: disable=broad-except
-    log.warning("Config does not serialise to JSON; a finished run will not be detected.")
-    return None
-
-
-def is_complete(workdir: str, fingerprint: str | None) -> bool:
-  """True if WORKDIR/run_complete.json records a finished run of this exact config."""
-  path = epath.Path(workdir) / COMPLETE
-  if fingerprint is None or not path.exists():
-    return False
-  try:
-    recorded = json.loads(path.read_text())
-  except ValueError:
-    return False
-  if recorded.get("config") != fingerprint:
-    log.warning("%s records a finished run of a different config; running this one (stages "
-                "with a saved model are reused).", path)
-    return False
-  return True
-
-
-def mark_complete(workdir: str, fingerprint: str | None):
-  """Records that the run with this config fingerprint finished (process 0 writes)."""
-  if fingerprint is None or jax.process_index() != 0:
-    return
-  path = epath.Path(workdir)
-  path.mkdir(parents=True, exist_ok=True)
-  tmp = path / (COMPLETE + ".tmp")
-  tmp.write_text(json.dumps({"config": fingerprint, "time": time.time()}))
-  tmp.rename(path / COMPLETE)
