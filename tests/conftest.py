@@ -7,8 +7,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # the repo root
 import fast_xla  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Set before JAX creates its CPU backend (tests/fast_xla.py says why).
-if fast_xla.FLAGS and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + fast_xla.FLAGS).strip()
+os.environ["XLA_FLAGS"] = fast_xla.added_to(os.environ.get("XLA_FLAGS", ""))
 
 
 # fixture name -> module that queues its subprocess job (tests/background.py), in the order the

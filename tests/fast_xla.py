@@ -13,3 +13,11 @@ import os
 FLAGS = "" if os.environ.get("CAOPD_TEST_XLA_DEFAULT") else (
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
     "--xla_cpu_use_fusion_emitters=false")
+
+
+def added_to(xla_flags: str, *extra: str) -> str:
+  """`xla_flags` plus `extra` and the suite's FLAGS (once: not again when already there)."""
+  parts = [xla_flags, *extra]
+  if FLAGS and "xla_backend_optimization_level" not in xla_flags:
+    parts.append(FLAGS)
+  return " ".join(p for p in parts if p).strip()

@@ -149,7 +149,7 @@ def _env(cache):
   env = dict(os.environ)
   env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             XLA_FLAGS=(env.get("XLA_FLAGS", "") + " " + fast_xla.FLAGS).strip())
+             XLA_FLAGS=fast_xla.added_to(env.get("XLA_FLAGS", "")))
   for k in list(env):
     if k.startswith(("CAOPD_", "SLURM_")):
       del env[k]

@@ -87,8 +87,8 @@ def _free_port():
 
 def _env(devices):
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      f" --xla_force_host_platform_device_count={devices} {fast_xla.FLAGS}").strip()
+  env["XLA_FLAGS"] = fast_xla.added_to(env.get("XLA_FLAGS", ""),
+                                      f"--xla_force_host_platform_device_count={devices}")
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
   for k in list(env):

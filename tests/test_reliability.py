@@ -43,7 +43,7 @@ def strict_json(line):
 
 
 def run_py(*args, env=None):
-  e = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=fast_xla.FLAGS, **(env or {}))
+  e = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=fast_xla.added_to(""), **(env or {}))
   return subprocess.run([sys.executable, os.path.join(_ROOT, "run.py"), *args], cwd=_ROOT, env=e,
                         capture_output=True, text=True, timeout=300)
 

@@ -179,8 +179,8 @@ def worker(meshes, out, hf_dir=None):
 
 def _env():
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " +
-                      fast_xla.FLAGS).strip()
+  env["XLA_FLAGS"] = fast_xla.added_to(env.get("XLA_FLAGS", ""),
+                                      "--xla_force_host_platform_device_count=8")
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return env

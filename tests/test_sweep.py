@@ -77,7 +77,7 @@ def _env(cache=None):
   """Subprocess environment; `cache`: a JAX compilation cache shared by the pipeline and the
   sweep's jobs (they compile many identical programs)."""
   env = dict(os.environ)
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=(env.get("XLA_FLAGS", "") + " " + fast_xla.FLAGS).strip())
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=fast_xla.added_to(env.get("XLA_FLAGS", "")))
   if cache is not None:
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   return env
