@@ -148,3 +148,21 @@ def evaluate_model(model_dir: str, config, workdir: str, name: str = "", tokeniz
                    ", ".join(f"{k}={v:.3f}" for k, v in result.items() if k != "n"))
     out[split] = (result, scored)
   return out
+
+
+def heldout_entropy(model_dir: str, config, data_dir: str, num_prompts: int, seed: int = 0):
+  """(mean token entropy, mean completion length) of the model's own samples (config.sampling)
+  on the first `num_prompts` questions of config.eval.splits[0] (the Decoupling-KL reading of
+  reverse vs forward KL: reverse lowers the student's entropy)."""
+  from caopd_jax.opd import curriculum  # pylint: disable=g-import-not-at-top
+  tokenizer = load_tokenizer(model_dir)
+  graphdef, params = nnx.split(load_hf(model_dir))
+  task = tasks.get(config.task)
+  split = config.eval.splits[0]
+  recs = list(task.sources(data_dir, (split,))[split])[:num_prompts]
+  p = opd_prompts.encode(tokenizer, task, recs, None, opd_prompts.widths(tokenizer, task, recs))
+  sampling = SamplingConfig.from_config(config.sampling, tokenizer)
+  ent, length = curriculum.heldout_stats(graphdef, params, jnp.asarray(p["student_prompt"]),
+                                         jnp.asarray(p["student_valid"]), jax.random.key(seed),
+                                         sampling.max_new_tokens, sampling=sampling)
+  return float(ent), float(length)

@@ -25,6 +25,14 @@ def model(**overrides):
   return m
 
 
+def small_model(**overrides):
+  """A ~0.33M-parameter student (hidden 96, 3 layers): the weaker student of the
+  estimator-capability and sparse-to-dense experiments (it learns 2-digit, not 3-digit addition
+  in 1500 SFT steps)."""
+  return model(hidden_size=96, num_layers=3, num_heads=3, num_kv_heads=1, intermediate_size=288,
+               **overrides)
+
+
 def sampling(**overrides):
   """caopd_jax.sampling.SamplingConfig.from_config; decode_segments: the decode loop in that many
   while_loops with a growing KV cache (faster for long generations, same tokens)."""
@@ -140,6 +148,11 @@ def sft(**overrides):
   c.mix = (("student", 0.6), ("demo", 0.2), ("correct_solution", 0.2))
   c.habit = (0.88, 0.62)
   c.note_prob = 0.5
+  # Label noise per difficulty (lowest first, the last repeats): the probability that a
+  # student-format / teacher-format answer is wrong by one digit (the context's own solution
+  # stays right). () = clean.
+  c.answer_noise = ()
+  c.context_noise = ()
   c.num_samples = 8
   c.update(memory())
   c.on_nonfinite = "stop"

@@ -12,26 +12,19 @@ Writes OUT/{grid.csv, results.md, objective_grid.png}; each cell's run lives in 
 """
 import csv
 import os
-import re
 import time
 
 from absl import app, flags
-import jax
-import jax.numpy as jnp
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 import numpy as np
-from flax import nnx
 
 from caopd_jax import evaluation, tasks
 from caopd_jax.jobs import opd, sft
 from caopd_jax.logging_utils import read_jsonl
-from caopd_jax.models import load_hf
-from caopd_jax.opd import curriculum, prompts as opd_prompts
-from caopd_jax.sampling import SamplingConfig
-from caopd_jax.tokenizers import load_tokenizer
+from experiments.runs import slug
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/objective_grid.py")
 _OUT = flags.DEFINE_string("out", None, "output directory")
@@ -40,10 +33,6 @@ flags.DEFINE_alias("workdir", "out")
 COLUMNS = ("accuracy", "ece", "brier", "ocg", "mean_confidence", "heldout_entropy",
            "heldout_length", "train_student_entropy", "train_teacher_entropy",
            "train_neg_reward_frac", "final_max_completion")
-
-
-def slug(label):
-  return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
 def base_dir(cfg, bases_dir):
@@ -68,23 +57,11 @@ def cell_config(cfg, cell, base, data_dir):
   return c
 
 
-def heldout(model_dir, cfg, data_dir, workdir):
+def heldout(model_dir, cfg, data_dir):
   """(mean token entropy, mean completion length) of the model's own samples on held-out
   prompts (the sampling settings of the OPD rollouts, no length limit)."""
-  tok = load_tokenizer(model_dir)
-  graphdef, params = nnx.split(load_hf(model_dir))
-  del workdir
-  c = cfg.opd
-  task = tasks.get(c.task)
-  split = c.eval.splits[0]
-  recs = list(task.sources(data_dir, (split,))[split])[:cfg.heldout_prompts]
-  p = opd_prompts.encode(tok, task, recs, None, opd_prompts.widths(tok, task, recs))
-  sampling = SamplingConfig.from_config(c.sampling, tok)
-  ent, length = curriculum.heldout_stats(graphdef, params, jnp.asarray(p["student_prompt"]),
-                                       jnp.asarray(p["student_valid"]),
-                                       jax.random.key(cfg.seed + 11), sampling.max_new_tokens,
-                                       sampling=sampling)
-  return float(ent), float(length)
+  return evaluation.heldout_entropy(model_dir, cfg.opd, data_dir, cfg.heldout_prompts,
+                                    cfg.seed + 11)
 
 
 def evaluate(name, model_dir, cfg, data_dir, out_dir, run_dir=None):
@@ -94,8 +71,7 @@ def evaluate(name, model_dir, cfg, data_dir, out_dir, run_dir=None):
   evals = evaluation.evaluate_model(model_dir, c, os.path.join(out_dir, "eval_work"), name)
   metrics, _ = evals[c.eval.splits[0]]
   row = {k: metrics[k] for k in ("accuracy", "ece", "brier", "ocg", "mean_confidence")}
-  row["heldout_entropy"], row["heldout_length"] = heldout(model_dir, cfg, data_dir,
-                                                          os.path.join(out_dir, "eval_work"))
+  row["heldout_entropy"], row["heldout_length"] = heldout(model_dir, cfg, data_dir)
   last = {}
   if run_dir and os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
     last = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))[-1]

@@ -8,7 +8,10 @@ The warm-up stands in for pretraining + instruction tuning of a real LLM. It mix
   <context>     a teacher context (caopd_jax.contexts: demo, correct_solution) whose stated
                 confidence c is drawn uniformly from the K-grid, with a note stating c with
                 probability note_prob -> response stating c
-so the base answers with partial, difficulty-dependent accuracy and a confidence habit, and, as a
+Label noise (per difficulty, like the habit): a student-format answer is wrong (one digit
+changed, `task.corrupt`) with probability config.answer_noise, a teacher-format answer (the
+context's solution itself stays right) with probability config.context_noise.
+So the base answers with partial, difficulty-dependent accuracy and a confidence habit, and, as a
 teacher, uses a demonstration and follows a stated confidence (what an LLM teacher brings to
 SDFT / CaOPD). Writes WORKDIR/model; a finished run is reused, an interrupted one resumes.
 """
@@ -30,22 +33,34 @@ from caopd_jax.train.optim import make_optimizer
 from caopd_jax.train.step import make_sft_step
 
 
+def _per_level(values, level):
+  return values[min(level, len(values) - 1)] if len(values) else 0.0
+
+
 def sft_texts(records, task, tokenizer, rng: np.random.Generator, *, mix, habit, levels,
-              num_samples: int, note_prob: float):
-  """[(prompt, response)] for a batch of records (see the module docstring)."""
+              num_samples: int, note_prob: float, answer_noise=(), context_noise=()):
+  """[(prompt, response)] for a batch of records (see the module docstring). answer_noise /
+  context_noise: per difficulty (from the lowest up; the last value repeats), the probability
+  that a student-format / teacher-format response has a wrong answer (`task.corrupt`)."""
+
+  def shown(r, noise):
+    return task.corrupt(r, rng) if noise and rng.random() < noise else r
+
   names, probs = zip(*mix)
   formats = rng.choice(len(names), size=len(records), p=np.asarray(probs) / np.sum(probs))
   out = []
   for r, f in zip(records, formats):
+    level = levels.index(r.get("difficulty", levels[0]))
     if names[f] == "student":
-      level = levels.index(r.get("difficulty", levels[0]))
       out.append((task.student_text(tokenizer, r),
-                  task.response_text(r, f"{habit[min(level, len(habit) - 1)]:.2f}")))
+                  task.response_text(shown(r, _per_level(answer_noise, level)),
+                                     f"{_per_level(habit, level):.2f}")))
     else:
       conf = format_confidence(int(rng.integers(num_samples + 1)), num_samples)
       note = bool(rng.random() < note_prob)
       out.append((teacher_text(tokenizer, task, r, contexts.get(names[f]), task.solution_text(r),
-                               conf, note), task.response_text(r, conf)))
+                               conf, note),
+                  task.response_text(shown(r, _per_level(context_noise, level)), conf)))
   return out
 
 
@@ -108,7 +123,8 @@ def main(config, workdir):
     rng = np.random.default_rng([config.seed, step])
     texts = sft_texts(batches.batch(step), task, tokenizer, rng, mix=config.mix,
                       habit=config.habit, levels=levels, num_samples=config.num_samples,
-                      note_prob=config.note_prob)
+                      note_prob=config.note_prob, answer_noise=config.answer_noise,
+                      context_noise=config.context_noise)
     return encode_sft(tokenizer, texts, width)
 
   step_fn = make_sft_step(graphdef, optimizer, schedule, on_nonfinite=config.on_nonfinite,

@@ -108,6 +108,11 @@ def sft(c, where="config"):
            f"{where}.mix: {name!r} is neither 'student' nor a context {sorted(contexts.CONTEXTS)}.")
     _check(p >= 0, f"{where}.mix: negative probability for {name!r}.")
   _check(np.sum([p for _, p in c.mix]) > 0, f"{where}.mix: probabilities sum to 0.")
+  for key in ("answer_noise", "context_noise"):
+    _check(all(0 <= p < 1 for p in c[key]), f"{where}.{key}={c[key]}: each must be in [0, 1).")
+    _check(not any(c[key]) or tasks.get(c.task).can_corrupt,
+           f"{where}.{key}: task {c.task.name!r} has no way to corrupt an answer "
+           "(Task.corrupt); set it to ().")
   try:
     ModelConfig(vocab_size=8, **c.model)
   except (TypeError, ValueError) as e:

@@ -57,6 +57,17 @@ class Arithmetic(PlainTask):
       return per_op[0]
     return {s: Mixture([p[s] for p in per_op]) for s in splits}
 
+  can_corrupt = True
+
+  def corrupt(self, record, rng):
+    """One digit of the answer replaced by a different digit (uniform over positions and the
+    nine other digits); the length and sign are kept."""
+    a = list(record["answer"])
+    digits = [i for i, ch in enumerate(a) if ch.isdigit()]
+    i = digits[int(rng.integers(len(digits)))]
+    a[i] = str((int(a[i]) + int(rng.integers(1, 10))) % 10)
+    return {**record, "answer": "".join(a)}
+
   def question(self, record):
     q = record["question"]
     if not self.cfg.pad_operands:

@@ -69,6 +69,12 @@ class Task:
   def target_text(self, record) -> str:
     raise NotImplementedError(f"Task {self.name!r} does not verify in the graph.")
 
+  can_corrupt = False  # `corrupt` is implemented (SFT label noise, sft.answer_noise)
+
+  def corrupt(self, record, rng):
+    """The record with a wrong answer of the same form (noisy SFT labels)."""
+    raise NotImplementedError(f"Task {self.name!r} cannot corrupt answers.")
+
   def gold(self, record):
     raise NotImplementedError(f"Task {self.name!r} does not verify on the host.")
 
