@@ -100,7 +100,7 @@ def main(_):
       continue
     ax.plot(x + offset, y, label=name)
     offset += c.steps
-  ax.set(xlabel="rollout steps of the budget ((b1) samples from the teacher)",
+  ax.set(xlabel="rollout steps of the budget ((b1), (b2): the teacher's samples)",
          ylabel="rollout accuracy (train prompts)", title="Sparse (GRPO) vs sparse-to-dense")
   ax.legend(fontsize=8)
   fig.tight_layout()
