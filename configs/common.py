@@ -153,6 +153,8 @@ def sft(**overrides):
   # stays right). () = clean.
   c.answer_noise = ()
   c.context_noise = ()
+  c.noise_by = "difficulty"  # or a task level (Task.LEVELS), e.g. "carries" for arithmetic
+  c.noise_from = 0.0  # fraction of the steps trained on clean labels before the noise starts
   c.num_samples = 8
   c.update(memory())
   c.on_nonfinite = "stop"

@@ -81,6 +81,11 @@ def test_a_new_task_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
   with c.unlocked():
     c.task = task
     c.eval.update(dict(splits=("test",), group_by="", batch_size=8))
+  with pytest.raises(jobs.USER_ERRORS, match="Task.corrupt"):  # the default's noise is arithmetic's
+    jobs.validate(c)
+  with c.unlocked():
+    c.base.update(dict(noise_by="difficulty", answer_noise=(), context_noise=()))
+  jobs.validate(c)
   jobs.run(c, str(tmp_path))
   with open(tmp_path / "results.json") as f:
     results = json.load(f)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from caopd_jax import jobs, tasks
-from caopd_jax.jobs.sft import sft_texts
+from caopd_jax.jobs.sft import noise_at, sft_texts
 from configs import common
 
 TASK = tasks.get(common.arithmetic_task())
@@ -64,3 +64,52 @@ def test_bad_noise_is_a_config_error(noise):
   c = common.sft(answer_noise=noise)
   with pytest.raises(jobs.USER_ERRORS, match="answer_noise"):
     jobs.validate(c)
+
+
+def test_noise_starts_at_noise_from():
+  c = common.sft(steps=100, noise_from=0.4, answer_noise=(0.3,), context_noise=(0.0, 0.2))
+  assert [bool(noise_at(c, s)["answer_noise"]) for s in (0, 39, 40, 99)] == [0, 0, 1, 1]
+  assert noise_at(c, 40) == dict(answer_noise=(0.3,), context_noise=(0.0, 0.2))
+  assert noise_at(c, 39) == dict(answer_noise=(), context_noise=())
+  with pytest.raises(jobs.USER_ERRORS, match="noise_from"):
+    jobs.validate(common.sft(noise_from=1.0))
+
+
+def _digit_sum(n):
+  return sum(int(ch) for ch in str(n))
+
+
+def test_carries_match_the_digit_sum_identity():
+  # Kummer: carries of a + b = (s(a) + s(b) - s(a + b)) / 9; borrows of a - b (a >= b) likewise.
+  rng = np.random.default_rng(0)
+  for a, b in rng.integers(0, 10**5, size=(500, 2)):
+    a, b = int(max(a, b)), int(min(a, b))
+    assert TASK.level({"question": f"{a}+{b}"}, "carries") * 9 == (
+        _digit_sum(a) + _digit_sum(b) - _digit_sum(a + b))
+    assert TASK.level({"question": f"{a}-{b}"}, "carries") * 9 == (
+        _digit_sum(a - b) + _digit_sum(b) - _digit_sum(a))
+
+
+def test_noise_by_carries_follows_the_carry_count():
+  rates = (0.0, 0.5, 0.9)
+  pairs = np.random.default_rng(1).integers(10, 100, size=(300, 2))
+  records = [{"id": i, "question": f"{a}+{b}", "answer": str(a + b), "difficulty": 2}
+             for i, (a, b) in enumerate(pairs)]
+  wrong, count = np.zeros(3), np.zeros(3)
+  for seed in range(10):
+    out = sft_texts(records, TASK, TOK, np.random.default_rng(seed), mix=(("student", 1.0),),
+                    habit=(0.5,), levels=[2, 3], num_samples=8, note_prob=0.5,
+                    answer_noise=rates, noise_by="carries")
+    for r, (_, response) in zip(records, out):
+      k = min(TASK.level(r, "carries"), 2)
+      count[k] += 1
+      wrong[k] += answer_of(response) != TASK.solution_text(r)
+  assert wrong[0] == 0 and count.min() > 100
+  for k in (1, 2):
+    p = rates[k]
+    assert abs(wrong[k] / count[k] - p) < 4 * np.sqrt(p * (1 - p) / count[k])
+
+
+def test_unknown_noise_level_is_a_config_error():
+  with pytest.raises(jobs.USER_ERRORS, match="noise_by"):
+    jobs.validate(common.sft(noise_by="digits"))

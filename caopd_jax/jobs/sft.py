@@ -8,9 +8,12 @@ The warm-up stands in for pretraining + instruction tuning of a real LLM. It mix
   <context>     a teacher context (caopd_jax.contexts: demo, correct_solution) whose stated
                 confidence c is drawn uniformly from the K-grid, with a note stating c with
                 probability note_prob -> response stating c
-Label noise (per difficulty, like the habit): a student-format answer is wrong (one digit
+Label noise (per difficulty, like the habit, or per `task.level(record, config.noise_by)`, e.g.
+the number of carries of an addition): a student-format answer is wrong (one digit
 changed, `task.corrupt`) with probability config.answer_noise, a teacher-format answer (the
-context's solution itself stays right) with probability config.context_noise.
+context's solution itself stays right) with probability config.context_noise; from step
+noise_from x steps on (before it the labels are clean: the skill is learned first, then the
+sloppy habit, as a pretrained model later tuned on imperfect answers).
 So the base answers with partial, difficulty-dependent accuracy and a confidence habit, and, as a
 teacher, uses a demonstration and follows a stated confidence (what an LLM teacher brings to
 SDFT / CaOPD). Writes WORKDIR/model; a finished run is reused, an interrupted one resumes.
@@ -38,10 +41,12 @@ def _per_level(values, level):
 
 
 def sft_texts(records, task, tokenizer, rng: np.random.Generator, *, mix, habit, levels,
-              num_samples: int, note_prob: float, answer_noise=(), context_noise=()):
+              num_samples: int, note_prob: float, answer_noise=(), context_noise=(),
+              noise_by="difficulty"):
   """[(prompt, response)] for a batch of records (see the module docstring). answer_noise /
-  context_noise: per difficulty (from the lowest up; the last value repeats), the probability
-  that a student-format / teacher-format response has a wrong answer (`task.corrupt`)."""
+  context_noise: per level (difficulty from the lowest up, or `task.level(r, noise_by)`; the
+  last value repeats), the probability that a student-format / teacher-format response has a
+  wrong answer (`task.corrupt`)."""
 
   def shown(r, noise):
     return task.corrupt(r, rng) if noise and rng.random() < noise else r
@@ -51,17 +56,25 @@ def sft_texts(records, task, tokenizer, rng: np.random.Generator, *, mix, habit,
   out = []
   for r, f in zip(records, formats):
     level = levels.index(r.get("difficulty", levels[0]))
+    noise_level = level if noise_by == "difficulty" else task.level(r, noise_by)
     if names[f] == "student":
       out.append((task.student_text(tokenizer, r),
-                  task.response_text(shown(r, _per_level(answer_noise, level)),
+                  task.response_text(shown(r, _per_level(answer_noise, noise_level)),
                                      f"{_per_level(habit, level):.2f}")))
     else:
       conf = format_confidence(int(rng.integers(num_samples + 1)), num_samples)
       note = bool(rng.random() < note_prob)
       out.append((teacher_text(tokenizer, task, r, contexts.get(names[f]), task.solution_text(r),
                                conf, note),
-                  task.response_text(shown(r, _per_level(context_noise, level)), conf)))
+                  task.response_text(shown(r, _per_level(context_noise, noise_level)), conf)))
   return out
+
+
+def noise_at(config, step: int) -> dict:
+  """The label noise of SFT step `step`: none before noise_from x steps, the config's after."""
+  if step < config.noise_from * config.steps:
+    return dict(answer_noise=(), context_noise=())
+  return dict(answer_noise=config.answer_noise, context_noise=config.context_noise)
 
 
 def encode_sft(tokenizer, texts, width: int):
@@ -123,8 +136,8 @@ def main(config, workdir):
     rng = np.random.default_rng([config.seed, step])
     texts = sft_texts(batches.batch(step), task, tokenizer, rng, mix=config.mix,
                       habit=config.habit, levels=levels, num_samples=config.num_samples,
-                      note_prob=config.note_prob, answer_noise=config.answer_noise,
-                      context_noise=config.context_noise)
+                      note_prob=config.note_prob, noise_by=config.noise_by,
+                      **noise_at(config, step))
     return encode_sft(tokenizer, texts, width)
 
   step_fn = make_sft_step(graphdef, optimizer, schedule, on_nonfinite=config.on_nonfinite,

@@ -113,6 +113,10 @@ def sft(c, where="config"):
     _check(not any(c[key]) or tasks.get(c.task).can_corrupt,
            f"{where}.{key}: task {c.task.name!r} has no way to corrupt an answer "
            "(Task.corrupt); set it to ().")
+  levels = tasks.get(c.task).LEVELS
+  _check(c.noise_by in levels, f"{where}.noise_by={c.noise_by!r}: valid for task "
+         f"{c.task.name!r}: {levels}.")
+  _check(0 <= c.noise_from < 1, f"{where}.noise_from={c.noise_from}: must be in [0, 1).")
   try:
     ModelConfig(vocab_size=8, **c.model)
   except (TypeError, ValueError) as e:

@@ -68,6 +68,26 @@ class Arithmetic(PlainTask):
     a[i] = str((int(a[i]) + int(rng.integers(1, 10))) % 10)
     return {**record, "answer": "".join(a)}
 
+  LEVELS = ("difficulty", "carries")
+
+  def level(self, record, by):
+    """by="carries": the number of carries (add) or borrows (sub) of column arithmetic, the
+    steps where small models err most (Lee et al. 2023)."""
+    if by != "carries":
+      return super().level(record, by)
+    q = record["question"]
+    op = next((c for c in "+-" if c in q[1:]), None)
+    if op is None:
+      raise ValueError(f"level 'carries' is defined for add and sub questions, got {q!r}.")
+    a, b = (int(x) for x in q.split(op, 1) if x)
+    count, carry = 0, 0
+    while a or b:
+      col = a % 10 + b % 10 + carry if op == "+" else a % 10 - b % 10 - carry
+      carry = int(col >= 10 if op == "+" else col < 0)
+      count += carry
+      a, b = a // 10, b // 10
+    return count
+
   def question(self, record):
     q = record["question"]
     if not self.cfg.pad_operands:

@@ -70,6 +70,11 @@ class Task:
     raise NotImplementedError(f"Task {self.name!r} does not verify in the graph.")
 
   can_corrupt = False  # `corrupt` is implemented (SFT label noise, sft.answer_noise)
+  LEVELS = ("difficulty",)  # what SFT label noise can be indexed by (sft.noise_by)
+
+  def level(self, record, by: str) -> int:
+    """The record's level under `by`, one of LEVELS other than "difficulty" (0 = easiest)."""
+    raise ValueError(f"Task {self.name!r} has no level {by!r}; valid: {self.LEVELS}.")
 
   def corrupt(self, record, rng):
     """The record with a wrong answer of the same form (noisy SFT labels)."""
