@@ -113,3 +113,6 @@ def test_noise_by_carries_follows_the_carry_count():
 def test_unknown_noise_level_is_a_config_error():
   with pytest.raises(jobs.USER_ERRORS, match="noise_by"):
     jobs.validate(common.sft(noise_by="digits"))
+  jobs.validate(common.sft(noise_by="carries"))
+  with pytest.raises(jobs.USER_ERRORS, match="noise_by"):  # no carries for multiplication
+    jobs.validate(common.sft(noise_by="carries", task=common.arithmetic_task(op="mul1")))

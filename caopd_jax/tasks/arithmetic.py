@@ -48,6 +48,8 @@ class Arithmetic(PlainTask):
     if cfg.answer_order not in ("msb", "lsb"):
       raise ValueError(f"task.answer_order must be 'msb' or 'lsb', got {cfg.answer_order!r}.")
     self.ops = tuple(op.strip() for op in cfg.op.split(","))
+    if not set(self.ops) <= {"add", "sub"}:
+      self.LEVELS = ("difficulty",)  # carries are counted for add and sub only
 
   def sources(self, data_dir, splits):
     kw = {k: self.cfg[k] for k in BUILDER_OPTIONS}
