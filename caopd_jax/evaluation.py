@@ -3,7 +3,12 @@
 `eval.num_samples` = n sampled responses per question (the deployed policy; sampling from
 config.eval.sampling), each judged by the task's verifier (in the graph, or on the host with
 `task.eval_correct`), its stated confidence read with `calibration.parse_confidence` (unparsed
--> 0, counted in the metrics and reported as adherence). Metrics: every calibration metric over
+-> 0, counted in the metrics and reported as adherence). `eval.confidence` says how the stated
+confidence is read: "sampled" (the response as drawn) or "greedy" (the response is cut after its
+last confidence marker and the rest decoded at T=0, `eval.confidence_tokens` tokens at most: the
+answer and its correctness stay the sampled ones; the confidence is the student's modal report
+instead of one draw from it, so the spread of a K-rollout P_acc target it learned is not counted
+as miscalibration). Metrics: every calibration metric over
 all responses (`calibration.summarize`), Pass@k for k in `eval.k` and Avg@n
 (`calibration.sampling_metrics`), and a breakdown by the record field `eval.group_by` (e.g.
 difficulty). Writes, under WORKDIR/eval:
@@ -12,6 +17,7 @@ difficulty). Writes, under WORKDIR/eval:
   {name}_{split}_reliability.png   reliability diagram
 """
 
+import dataclasses
 import functools
 import json
 import logging
@@ -27,7 +33,7 @@ from caopd_jax import calibration, data, plots, tasks
 from caopd_jax.models import load_hf
 from caopd_jax.opd import prompts as opd_prompts, verify as opd_verify
 from caopd_jax.sampling import SampleOutput, SamplingConfig, sample
-from caopd_jax.tokenizers import check_vocabulary, load_tokenizer
+from caopd_jax.tokenizers import check_vocabulary, load_tokenizer, pad_left
 
 
 @functools.partial(jax.jit, static_argnames=("verify",))
@@ -36,9 +42,55 @@ def _judge(prompts, tokens, mask, verify):
   return verify(prompts, SampleOutput(tokens, mask, z, z, jnp.sum(mask, -1))).correct[:, 0]
 
 
+def _run_sampler(graphdef, params, prompt, valid, key, sampling, mesh):
+  if mesh is not None:
+    from caopd_jax import sharding  # pylint: disable=g-import-not-at-top
+    return sharding.shard_sample(graphdef, params, prompt, valid, key, sampling, mesh)
+  return sample(graphdef, params, jnp.asarray(prompt), jnp.asarray(valid), key, sampling)
+
+
+def marker_prefix(tokenizer, ids, marker: str) -> int:
+  """The fewest leading tokens of `ids` whose text holds the last `marker` (case-insensitive)
+  of the whole text, or 0 when it has none. Binary search: decoded prefixes only grow."""
+  full = tokenizer.decode(ids).lower()
+  j = full.rfind(marker.lower())
+  if j < 0:
+    return 0
+  end = j + len(marker)
+  lo, hi = 1, len(ids)
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if len(tokenizer.decode(ids[:mid])) >= end:
+      hi = mid
+    else:
+      lo = mid + 1
+  return lo if tokenizer.decode(ids[:lo]).lower()[j:end] == marker.lower() else 0
+
+
+def reread_confidence(graphdef, params, tokenizer, prompt, valid, responses, marker: str,
+                      sampling, num_tokens: int, mesh=None):
+  """Each response (a token list after its left-padded prompt row) cut after its last confidence
+  marker and continued greedily for up to `num_tokens` tokens; rows without a marker come back
+  unchanged. Returns the new token lists. One fixed-shape sampler call."""
+  cuts = [marker_prefix(tokenizer, r, marker) for r in responses]
+  rows = [list(np.asarray(prompt[i])[np.asarray(valid[i])]) + list(r[:c])
+          for i, (r, c) in enumerate(zip(responses, cuts))]
+  ids, ok = pad_left(rows, prompt.shape[1] + sampling.max_new_tokens, tokenizer.pad_id)
+  greedy = dataclasses.replace(sampling, temperature=0.0, top_k=0, top_p=1.0, decode_segments=1,
+                               max_new_tokens=num_tokens)
+  s = _run_sampler(graphdef, params, ids, ok, jax.random.key(0), greedy, mesh)
+  tokens, mask = jax.device_get((s.tokens, s.mask))
+  return [list(r[:c]) + list(tokens[i][mask[i]]) if c else list(r)
+          for i, (r, c) in enumerate(zip(responses, cuts))]
+
+
 def generate_and_score(graphdef, params, tokenizer, task, records, *, widths, sampling,
-                       batch_size: int, seed: int = 0, mesh=None, desc="eval"):
-  """Per-record responses, correctness, parsed confidence and record ids (numpy / lists)."""
+                       batch_size: int, seed: int = 0, mesh=None, desc="eval",
+                       confidence: str = "sampled", confidence_tokens: int = 8):
+  """Per-record responses, correctness, parsed confidence and record ids (numpy / lists);
+  `confidence`: "sampled" or "greedy" (module docstring)."""
+  if confidence not in ("sampled", "greedy"):
+    raise ValueError(f"eval.confidence must be 'sampled' or 'greedy', got {confidence!r}.")
   unique = list({int(r["id"]): r for r in records}.values())  # (n samples repeat records)
   verify = opd_verify.make(task, tokenizer, unique, num_samples=1, width=sampling.max_new_tokens,
                            judge=task.eval_correct)
@@ -52,18 +104,18 @@ def generate_and_score(graphdef, params, tokenizer, task, records, *, widths, sa
     chunk += [chunk[-1]] * (batch_size - n)  # fixed shape: one compile
     p = opd_prompts.encode(tokenizer, task, chunk, None, widths)
     key, sub = jax.random.split(key)
-    if mesh is not None:
-      from caopd_jax import sharding  # pylint: disable=g-import-not-at-top
-      s = sharding.shard_sample(graphdef, params, p["student_prompt"], p["student_valid"], sub,
-                                sampling, mesh)
-    else:
-      s = sample(graphdef, params, jnp.asarray(p["student_prompt"]),
-                 jnp.asarray(p["student_valid"]), sub, sampling)
+    s = _run_sampler(graphdef, params, p["student_prompt"], p["student_valid"], sub, sampling,
+                     mesh)
     tokens, mask = jax.device_get((s.tokens, s.mask))
     correct = np.asarray(_judge(jax.tree.map(jnp.asarray, p), jnp.asarray(tokens),
                                 jnp.asarray(mask), verify=verify))
+    responses = [tokens[i][mask[i]] for i in range(len(chunk))]
+    if confidence == "greedy":
+      responses = reread_confidence(graphdef, params, tokenizer, p["student_prompt"],
+                                    p["student_valid"], responses, task.marker, sampling,
+                                    confidence_tokens, mesh)
     for i in range(n):
-      text = tokenizer.decode(tokens[i][mask[i]])
+      text = tokenizer.decode(responses[i])
       ok, c = calibration.parse_confidence(text)
       out["id"].append(int(chunk[i]["id"]))
       out["gold"].append(gold(chunk[i]))
@@ -134,13 +186,14 @@ def evaluate_model(model_dir: str, config, workdir: str, name: str = "", tokeniz
     widths = opd_prompts.widths(tokenizer, task, questions, max_prompt_len=e.max_prompt_len)
     scored = generate_and_score(graphdef, params, tokenizer, task, records, widths=widths,
                                 sampling=sampling, batch_size=min(e.batch_size, len(records)),
-                                seed=e.seed, mesh=mesh, desc=f"eval {name}/{split}")
+                                seed=e.seed, mesh=mesh, desc=f"eval {name}/{split}",
+                                confidence=e.confidence, confidence_tokens=e.confidence_tokens)
     result = metrics(scored, records, e.group_by, e.num_samples, tuple(e.k))
     bins = calibration.bin_stats(np.where(scored["parsed"], scored["conf"], 0.0), scored["correct"])
     info = {"task": task.name, "split": split, "model": os.path.abspath(model_dir),
             "truncated_prompts": int(over.sum()),
             "bins": {k: [None if np.isnan(x) else float(x) for x in v] for k, v in bins.items()},
-            "sampling": e.sampling.to_dict()}
+            "sampling": e.sampling.to_dict(), "confidence_readout": e.confidence}
     if jax.process_index() == 0:
       write(scored, {**result, **info}, os.path.join(workdir, "eval", f"{name}_{split}"),
             title=f"{name} ({task.name} {split})")

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from caopd_jax import data
-from caopd_jax.data import arithmetic
+from caopd_jax.data import arithmetic, loader
 
 from shared_eval import EVAL_DIR as SHARED_EVAL, FOUND, REASON  # pylint: disable=g-bad-import-order
 
@@ -164,6 +164,27 @@ def test_prepared_once_then_cached(tmp_path, monkeypatch):
   assert list(again) == list(src) and os.stat(path[0]).st_mtime_ns == mtime
   with pytest.raises(AssertionError, match="regenerated"):  # a new config does generate
     data.get_source("arithmetic", "train", str(tmp_path), **{**kw, "seed": 1})
+
+
+def test_concurrent_preparation_uses_the_copy_that_won(tmp_path, monkeypatch):
+  """A parallel sweep sharing data_dir: another process renames its build in first; ours then
+  finds the destination taken (FileExistsError from tfds) and must read that copy, not fail."""
+  kw = dict(num_train=200, num_test=20, num_ood=10)
+  inner = arithmetic.CaopdArithmetic._download_and_prepare
+  raced = []
+
+  def racing(self, *a, **k):
+    if not raced:  # the other process finishes the same build while ours is generating
+      raced.append(1)
+      data.get_builder("arithmetic", str(tmp_path), **kw).download_and_prepare(
+          file_format=loader.FILE_FORMAT)
+    return inner(self, *a, **k)
+
+  monkeypatch.setattr(arithmetic.CaopdArithmetic, "_download_and_prepare", racing)
+  src = data.get_source("arithmetic", "train", str(tmp_path), **kw)
+  assert raced and len(list(src)) == 200
+  monkeypatch.setattr(arithmetic.CaopdArithmetic, "_download_and_prepare", inner)
+  assert list(src) == list(data.get_source("arithmetic", "train", str(tmp_path / "b"), **kw))
 
 
 def test_registry_errors(data_dir):

@@ -43,20 +43,26 @@ def test_padding_helpers():
   np.testing.assert_array_equal(ids, [[5, 6, 7, 0], [8, 0, 0, 0]])
 
 
-def test_hf_tokenizer_wrapper(tmp_path):
+def bpe_tokenizer_dir(path, corpus=("Confidence: 0.75", "The answer is <answer>B</answer>")):
+  """Saves a byte-level BPE trained on `corpus` (an HF tokenizer directory) at `path`."""
   tokenizers = pytest.importorskip("tokenizers")
-  import transformers
+  import transformers  # pylint: disable=import-outside-toplevel
   bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
   bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   bpe.decoder = tokenizers.decoders.ByteLevel()
   trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<|im_end|>"],
                                            initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
-  bpe.train_from_iterator(["Confidence: 0.75", "The answer is <answer>B</answer>"] * 20, trainer)
+  bpe.train_from_iterator(list(corpus) * 20, trainer)
   fast = transformers.PreTrainedTokenizerFast(
       tokenizer_object=bpe, eos_token="<|im_end|>", unk_token="<unk>",
       chat_template="{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<|im_end|>{% endfor %}"
                     "{% if add_generation_prompt %}<assistant>{% endif %}")
-  fast.save_pretrained(str(tmp_path))
+  fast.save_pretrained(str(path))
+  return str(path)
+
+
+def test_hf_tokenizer_wrapper(tmp_path):
+  bpe_tokenizer_dir(tmp_path)
   tok = load_tokenizer(str(tmp_path))
   assert isinstance(tok, HFTokenizer) and tok.pad_id == tok.eos_id
   assert tok.decode(tok.encode("Confidence: 0.75")) == "Confidence: 0.75"

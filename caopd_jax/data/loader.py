@@ -132,7 +132,12 @@ def prepare(name: str, data_dir: str | os.PathLike, **kw) -> tfds.core.DatasetBu
     # Re-open so that `info` (splits, metadata) is read back from disk.
     return get_builder(name, data_dir, **kw)
   if not builder.is_prepared():
-    builder.download_and_prepare(file_format=FILE_FORMAT)
+    try:
+      builder.download_and_prepare(file_format=FILE_FORMAT)
+    except FileExistsError:  # another process (a parallel sweep) finished the same build first
+      if not get_builder(name, data_dir, **kw).is_prepared():
+        raise
+      log.info("%s: prepared concurrently by another process; using that copy.", name)
     builder = get_builder(name, data_dir, **kw)
   return builder
 
