@@ -4,11 +4,13 @@
 config.eval.sampling), each judged by the task's verifier (in the graph, or on the host with
 `task.eval_correct`), its stated confidence read with `calibration.parse_confidence` (unparsed
 -> 0, counted in the metrics and reported as adherence). `eval.confidence` says how the stated
-confidence is read: "sampled" (the response as drawn) or "greedy" (the response is cut after its
-last confidence marker and the rest decoded at T=0, `eval.confidence_tokens` tokens at most: the
-answer and its correctness stay the sampled ones; the confidence is the student's modal report
-instead of one draw from it, so the spread of a K-rollout P_acc target it learned is not counted
-as miscalibration). Metrics: every calibration metric over
+confidence is read: "sampled" (the response as drawn), or the response cut after its last
+confidence marker and the rest decoded again (`eval.confidence_tokens` tokens at most), the answer
+and its correctness staying the sampled ones: "greedy" (at T=0: the modal report, biased toward
+the mode of a skewed distribution) or "mean" (the mean of `eval.confidence_draws` draws with
+eval.sampling: an unbiased estimate of the student's expected stated confidence for its answer,
+E_{c ~ pi(.|x, y)}[c]). A student distilled on K-rollout P_acc targets learns their binomial spread;
+"sampled" counts that spread as miscalibration, "mean" reads the belief without it. Metrics: every calibration metric over
 all responses (`calibration.summarize`), Pass@k for k in `eval.k` and Avg@n
 (`calibration.sampling_metrics`), and a breakdown by the record field `eval.group_by` (e.g.
 difficulty). Writes, under WORKDIR/eval:
@@ -34,6 +36,9 @@ from caopd_jax.models import load_hf
 from caopd_jax.opd import prompts as opd_prompts, verify as opd_verify
 from caopd_jax.sampling import SampleOutput, SamplingConfig, sample
 from caopd_jax.tokenizers import check_vocabulary, load_tokenizer, pad_left
+
+
+READOUTS = ("sampled", "greedy", "mean")
 
 
 @functools.partial(jax.jit, static_argnames=("verify",))
@@ -68,29 +73,40 @@ def marker_prefix(tokenizer, ids, marker: str) -> int:
 
 
 def reread_confidence(graphdef, params, tokenizer, prompt, valid, responses, marker: str,
-                      sampling, num_tokens: int, mesh=None):
+                      sampling, num_tokens: int, draws: int = 0, key=None, mesh=None):
   """Each response (a token list after its left-padded prompt row) cut after its last confidence
-  marker and continued greedily for up to `num_tokens` tokens; rows without a marker come back
-  unchanged. Returns the new token lists. One fixed-shape sampler call."""
+  marker and continued for up to `num_tokens` tokens: greedily (draws=0, one continuation) or
+  `draws` times with `sampling` (T, top-k, top-p; `key`). Returns per row the list of new token
+  lists; a row without a marker gets [its response] back. One fixed-shape sampler call."""
   cuts = [marker_prefix(tokenizer, r, marker) for r in responses]
+  reps = max(draws, 1)
   rows = [list(np.asarray(prompt[i])[np.asarray(valid[i])]) + list(r[:c])
-          for i, (r, c) in enumerate(zip(responses, cuts))]
+          for i, (r, c) in enumerate(zip(responses, cuts)) for _ in range(reps)]
   ids, ok = pad_left(rows, prompt.shape[1] + sampling.max_new_tokens, tokenizer.pad_id)
-  greedy = dataclasses.replace(sampling, temperature=0.0, top_k=0, top_p=1.0, decode_segments=1,
-                               max_new_tokens=num_tokens)
-  s = _run_sampler(graphdef, params, ids, ok, jax.random.key(0), greedy, mesh)
+  cfg = dataclasses.replace(sampling, decode_segments=1, max_new_tokens=num_tokens)
+  if not draws:
+    cfg = dataclasses.replace(cfg, temperature=0.0, top_k=0, top_p=1.0)
+  key = jax.random.key(0) if key is None else key
+  s = _run_sampler(graphdef, params, ids, ok, key, cfg, mesh)
   tokens, mask = jax.device_get((s.tokens, s.mask))
-  return [list(r[:c]) + list(tokens[i][mask[i]]) if c else list(r)
-          for i, (r, c) in enumerate(zip(responses, cuts))]
+  return [[list(r[:c]) + list(tokens[i * reps + j][mask[i * reps + j]]) for j in range(reps)]
+          if c else [list(r)] for i, (r, c) in enumerate(zip(responses, cuts))]
+
+
+def mean_confidence(tokenizer, draws) -> float:
+  """Mean stated confidence of token lists `draws`; an unparsed one counts 0 (as in summarize)."""
+  values = [calibration.parse_confidence(tokenizer.decode(t)) for t in draws]
+  return float(np.mean([c if ok else 0.0 for ok, c in values]))
 
 
 def generate_and_score(graphdef, params, tokenizer, task, records, *, widths, sampling,
                        batch_size: int, seed: int = 0, mesh=None, desc="eval",
-                       confidence: str = "sampled", confidence_tokens: int = 8):
+                       confidence: str = "sampled", confidence_tokens: int = 8,
+                       confidence_draws: int = 16):
   """Per-record responses, correctness, parsed confidence and record ids (numpy / lists);
-  `confidence`: "sampled" or "greedy" (module docstring)."""
-  if confidence not in ("sampled", "greedy"):
-    raise ValueError(f"eval.confidence must be 'sampled' or 'greedy', got {confidence!r}.")
+  `confidence`: "sampled", "greedy" or "mean" (module docstring)."""
+  if confidence not in READOUTS:
+    raise ValueError(f"eval.confidence must be one of {READOUTS}, got {confidence!r}.")
   unique = list({int(r["id"]): r for r in records}.values())  # (n samples repeat records)
   verify = opd_verify.make(task, tokenizer, unique, num_samples=1, width=sampling.max_new_tokens,
                            judge=task.eval_correct)
@@ -110,13 +126,18 @@ def generate_and_score(graphdef, params, tokenizer, task, records, *, widths, sa
     correct = np.asarray(_judge(jax.tree.map(jnp.asarray, p), jnp.asarray(tokens),
                                 jnp.asarray(mask), verify=verify))
     responses = [tokens[i][mask[i]] for i in range(len(chunk))]
-    if confidence == "greedy":
-      responses = reread_confidence(graphdef, params, tokenizer, p["student_prompt"],
-                                    p["student_valid"], responses, task.marker, sampling,
-                                    confidence_tokens, mesh)
+    rereads = [[r] for r in responses]
+    if confidence != "sampled":
+      rereads = reread_confidence(  # its own key: the answers are those of "sampled"
+          graphdef, params, tokenizer, p["student_prompt"], p["student_valid"], responses,
+          task.marker, sampling, confidence_tokens,
+          draws=confidence_draws if confidence == "mean" else 0,
+          key=jax.random.fold_in(sub, 1), mesh=mesh)
     for i in range(n):
-      text = tokenizer.decode(responses[i])
+      text = tokenizer.decode(rereads[i][0] if confidence == "greedy" else responses[i])
       ok, c = calibration.parse_confidence(text)
+      if confidence == "mean" and ok:
+        c = mean_confidence(tokenizer, rereads[i])
       out["id"].append(int(chunk[i]["id"]))
       out["gold"].append(gold(chunk[i]))
       out["response"].append(text)
@@ -187,7 +208,8 @@ def evaluate_model(model_dir: str, config, workdir: str, name: str = "", tokeniz
     scored = generate_and_score(graphdef, params, tokenizer, task, records, widths=widths,
                                 sampling=sampling, batch_size=min(e.batch_size, len(records)),
                                 seed=e.seed, mesh=mesh, desc=f"eval {name}/{split}",
-                                confidence=e.confidence, confidence_tokens=e.confidence_tokens)
+                                confidence=e.confidence, confidence_tokens=e.confidence_tokens,
+                                confidence_draws=e.confidence_draws)
     result = metrics(scored, records, e.group_by, e.num_samples, tuple(e.k))
     bins = calibration.bin_stats(np.where(scored["parsed"], scored["conf"], 0.0), scored["correct"])
     info = {"task": task.name, "split": split, "model": os.path.abspath(model_dir),

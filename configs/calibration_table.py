@@ -19,6 +19,9 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seeds = (0, 1, 2)
   c.pipeline = default.get_config()
+  # Confidence readouts (eval.confidence) every seed's models are evaluated with besides the
+  # pipeline's own ("mean"), which comes first in results.md.
+  c.readouts = ("sampled", "greedy")
   c.continual = ml_collections.ConfigDict(dict(
       enabled=True, seeds=(0,), task_a="add", task_b="sub"))
   if arg == "quick":  # a few-minute smoke version (tiny model, few steps; numbers meaningless)

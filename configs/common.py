@@ -48,9 +48,10 @@ def evaluation(**overrides):
              k=(1,),  # Pass@k for these k <= n (Chen et al. 2021), and Avg@n
              max_prompt_len=0,  # student prompts longer than this are left-truncated (0: none)
              group_by="difficulty",  # per-value accuracy / confidence of this record field
-             # How the stated confidence is read: "sampled" (as drawn) or "greedy" (re-decoded
-             # at T=0 after the response's confidence marker, the answer kept; evaluation.py).
-             confidence="sampled", confidence_tokens=8,
+             # How the stated confidence is read (caopd_jax/evaluation.py): "sampled" (as
+             # drawn), "greedy" (re-decoded at T=0 after the response's confidence marker, the
+             # answer kept) or "mean" (the mean of confidence_draws re-decoded draws).
+             confidence="sampled", confidence_tokens=8, confidence_draws=16,
              sampling=sampling()))
   e.update(overrides)
   return e

@@ -4,7 +4,10 @@ out-of-distribution split, and under continual learning (task A then task B).
   python -m experiments.calibration_table --config=configs/calibration_table.py --workdir=OUT
 
 Writes OUT/{seeds.csv, continual.csv, results.md, calibration_table.png}; every run keeps its own
-workdir under OUT (seed_S/, continual_S/), so an interrupted experiment resumes.
+workdir under OUT (seed_S/, continual_S/), so an interrupted experiment resumes. Each seed's
+models are also evaluated with every confidence readout in `readouts` other than the pipeline's
+own (`eval.confidence`, caopd_jax.evaluation) under seed_S/readout_R/, and the issue-14 targets
+(`TARGETS`) are checked per seed and readout.
 """
 
 import copy
@@ -28,18 +31,55 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=Tr
 METRICS = ("accuracy", "ece", "brier", "spr", "ocg", "auroc", "mean_confidence")
 
 
+# (name, test) over one seed's {stage: metrics}: what the default job must show (issue 14).
+TARGETS = (
+    ("base accuracy > 0.50", lambda m: m["base"]["accuracy"] > 0.50),
+    ("OPD accuracy >= base + 0.05", lambda m: m["opd"]["accuracy"] >= m["base"]["accuracy"] + 0.05),
+    ("OPD OCG > +0.10", lambda m: m["opd"]["ocg"] > 0.10),
+    ("CaOPD accuracy >= OPD - 0.02", lambda m: m["caopd"]["accuracy"] >= m["opd"]["accuracy"] - 0.02),
+    ("abs(CaOPD OCG) < 0.05", lambda m: abs(m["caopd"]["ocg"]) < 0.05),
+    ("CaOPD ECE <= 0.5 x OPD ECE", lambda m: m["caopd"]["ece"] <= 0.5 * m["opd"]["ece"]),
+)
+
+
 def seed_runs(cfg, out):
-  """{seed: {split: {stage: metrics}}} from one default pipeline per seed."""
-  runs = {}
+  """{readout: {seed: {split: {stage: metrics}}}}: one default pipeline per seed (its own
+  readout), its three models re-evaluated with each other readout."""
+  runs = {r: {} for r in dict.fromkeys((cfg.pipeline.eval.confidence, *cfg.readouts))}
   for seed in cfg.seeds:
     c = copy.deepcopy(cfg.pipeline)
     with c.unlocked():
       c.seed = seed
       c.data_dir = os.path.join(out, "tfds")
-    pipeline.main(c, os.path.join(out, f"seed_{seed}"))
-    with open(os.path.join(out, f"seed_{seed}", "results.json")) as f:
-      runs[seed] = json.load(f)["splits"]
+    root = os.path.join(out, f"seed_{seed}")
+    pipeline.main(c, root)
+    with open(os.path.join(root, "results.json")) as f:
+      runs[c.eval.confidence][seed] = json.load(f)["splits"]
+    for readout in runs:
+      if readout == c.eval.confidence:
+        continue
+      ev = copy.deepcopy(c)
+      with ev.unlocked():
+        ev.eval.confidence = readout
+      runs[readout][seed] = {}
+      for stage in pipeline.STAGES:
+        evals = evaluation.evaluate_model(os.path.join(root, stage, "model"), ev,
+                                          os.path.join(root, f"readout_{readout}"), stage)
+        for split, (metrics, _) in evals.items():
+          runs[readout][seed].setdefault(split, {})[stage] = metrics
   return runs
+
+
+def target_table(runs, split):
+  """One row per target, one column per seed: whether it holds; the count of those that do."""
+  seeds = list(runs)
+  lines = ["| target | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+           "|---" * (len(seeds) + 1) + "|"]
+  for name, test in TARGETS:
+    lines.append(f"| {name} | " + " | ".join("yes" if test(runs[s][split]) else "**no**"
+                                             for s in seeds) + " |")
+  held = sum(test(runs[s][split]) for s in seeds for _, test in TARGETS)
+  return "\n".join(lines) + f"\n\n{held} of {len(TARGETS) * len(seeds)} hold."
 
 
 def _stage(cfg, name, seed, op, init_from, data_dir):
@@ -138,19 +178,25 @@ def main(argv):
   del argv
   cfg, out = _CONFIG.value, os.path.abspath(_WORKDIR.value)
   os.makedirs(out, exist_ok=True)
-  runs = seed_runs(cfg, out)
+  by_readout = seed_runs(cfg, out)
+  runs = by_readout[cfg.pipeline.eval.confidence]
   with open(os.path.join(out, "seeds.csv"), "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["seed", "split", "stage", *METRICS])
-    for seed, splits in runs.items():
-      for split, stages in splits.items():
-        for stage, m in stages.items():
-          w.writerow([seed, split, stage, *(m[k] for k in METRICS)])
-  md = [f"## Over {len(runs)} seeds (mean ± std)"]
-  for split in next(iter(runs.values())):
-    md.append(f"### {split} split\n\n{seed_table(runs, split)}")
-  for split in next(iter(runs.values())):
-    md.append(f"### Per seed, {split} split\n\n{per_seed_table(runs, split)}")
+    w.writerow(["readout", "seed", "split", "stage", *METRICS])
+    for readout, r in by_readout.items():
+      for seed, splits in r.items():
+        for split, stages in splits.items():
+          for stage, m in stages.items():
+            w.writerow([readout, seed, split, stage, *(m[k] for k in METRICS)])
+  md = []
+  for readout, r in by_readout.items():
+    md.append(f"## Confidence readout '{readout}': over {len(r)} seeds (mean ± std)")
+    for split in next(iter(r.values())):
+      md.append(f"### {split} split\n\n{seed_table(r, split)}")
+    for split in next(iter(r.values())):
+      md.append(f"### Per seed, {split} split\n\n{per_seed_table(r, split)}")
+    first = cfg.pipeline.eval.splits[0]
+    md.append(f"### Targets ({first} split)\n\n{target_table(r, first)}")
   if cfg.continual.enabled:
     rows = continual_runs(cfg, out)
     with open(os.path.join(out, "continual.csv"), "w", newline="") as f:

@@ -1,11 +1,14 @@
-"""`eval.confidence="greedy"`: the cut after the last confidence marker against brute force (char
-and BPE tokenizers), the greedy continuation against step-by-step argmax of the uncached model,
-and the sampled answer left as it was."""
+"""`eval.confidence` "greedy" / "mean": the cut after the last confidence marker against brute
+force (char and BPE tokenizers), the greedy continuation against step-by-step argmax of the
+uncached model, the draws' first tokens against the model's next-token distribution (empirical
+frequencies), the mean over draws by hand, and the sampled answer left as it was."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from scipy import stats
 
 from caopd_jax import evaluation, tasks
 from caopd_jax.data import arithmetic
@@ -69,7 +72,8 @@ def test_greedy_continuation_is_argmax_of_the_uncached_model():
   cfg = SamplingConfig(max_new_tokens=12, stop_ids=(CHAR.eos_id,), pad_id=CHAR.pad_id)
   out = evaluation.reread_confidence(graphdef, params, CHAR, prompt, valid, responses,
                                      TASK.marker, cfg, num_tokens=5)
-  assert out[1] == responses[1]
+  assert out[1] == [responses[1]]
+  out = [o[0] for o in out]
   for i in (0, 2):
     k = evaluation.marker_prefix(CHAR, responses[i], TASK.marker)
     assert out[i][:k] == responses[i][:k]  # the answer part is untouched
@@ -85,6 +89,35 @@ def test_greedy_continuation_is_argmax_of_the_uncached_model():
     assert out[i][k:] == ref, i
 
 
+def test_draws_follow_the_models_next_token_distribution():
+  model = Transformer(ModelConfig.tiny("qwen3", vocab_size=CHAR.vocab_size), rngs=nnx.Rngs(2))
+  graphdef, params = nnx.split(model)
+  valid = np.asarray(valid_from_lengths(np.array([3, 5]), 5))
+  prompt = np.where(valid, np.arange(10).reshape(2, 5) + 4, CHAR.pad_id).astype(np.int32)
+  marker = CHAR.encode("\nConfidence: ")
+  responses = [[7, 8] + marker + [9], [5] + marker]
+  cfg = SamplingConfig(max_new_tokens=6, stop_ids=(CHAR.eos_id,), pad_id=CHAR.pad_id)
+  draws = 4000
+  out = evaluation.reread_confidence(graphdef, params, CHAR, prompt, valid, responses,
+                                     TASK.marker, cfg, num_tokens=2, draws=draws,
+                                     key=jax.random.key(4))
+  for i in range(2):
+    k = evaluation.marker_prefix(CHAR, responses[i], TASK.marker)
+    assert len(out[i]) == draws and all(d[:k] == responses[i][:k] for d in out[i])
+    seq = list(prompt[i][valid[i]]) + responses[i][:k]
+    logits = np.asarray(model(jnp.asarray([seq], jnp.int32)))[0, -1].astype(np.float64)
+    exact = np.exp(logits - logits.max())
+    exact /= exact.sum()
+    counts = np.bincount([d[k] for d in out[i]], minlength=len(exact))
+    assert stats.chisquare(counts, exact * draws).pvalue > 1e-3, i
+
+
+def test_mean_confidence_by_hand():
+  draws = [CHAR.encode(t) for t in ("1+1=2\nConfidence: 0.50", "Confidence: 1.00",
+                                    "Confidence: x", "Confidence: 0.75")]
+  assert evaluation.mean_confidence(CHAR, draws) == pytest.approx((0.5 + 1.0 + 0.0 + 0.75) / 4)
+
+
 def test_generate_and_score_keeps_answers_and_correctness():
   """Greedy readout changes only what follows the marker: same sampled responses otherwise."""
   model = Transformer(ModelConfig.tiny("qwen3", vocab_size=CHAR.vocab_size), rngs=nnx.Rngs(1))
@@ -94,14 +127,15 @@ def test_generate_and_score_keeps_answers_and_correctness():
   cfg = SamplingConfig(max_new_tokens=10, stop_ids=(CHAR.eos_id,), pad_id=CHAR.pad_id)
   runs = {c: evaluation.generate_and_score(graphdef, params, CHAR, TASK, records, widths=widths,
                                            sampling=cfg, batch_size=6, seed=3, confidence=c)
-          for c in ("sampled", "greedy")}
-  np.testing.assert_array_equal(runs["sampled"]["correct"], runs["greedy"]["correct"])
-  for a, b in zip(runs["sampled"]["response"], runs["greedy"]["response"]):
-    j = a.lower().rfind("confidence:")
-    assert (a == b) if j < 0 else a[:j + 11] == b[:j + 11]
-  with pytest.raises(ValueError, match="sampled' or 'greedy"):
+          for c in ("sampled", "greedy", "mean")}
+  for c in ("greedy", "mean"):
+    np.testing.assert_array_equal(runs["sampled"]["correct"], runs[c]["correct"])
+    for a, b in zip(runs["sampled"]["response"], runs[c]["response"]):
+      j = a.lower().rfind("confidence:")
+      assert (a == b) if j < 0 or c == "mean" else a[:j + 11] == b[:j + 11]
+  with pytest.raises(ValueError, match="must be one of"):
     evaluation.generate_and_score(graphdef, params, CHAR, TASK, records, widths=widths,
-                                  sampling=cfg, batch_size=6, confidence="mean")
+                                  sampling=cfg, batch_size=6, confidence="mode")
 
 
 def test_bad_readout_is_a_config_error():

@@ -62,9 +62,11 @@ def _eval(e, where):
          f"{where}.eval: needs splits, batch_size >= 1 and limit >= 0.")
   _check(e.num_samples >= 1 and all(1 <= k <= e.num_samples for k in e.k),
          f"{where}.eval: num_samples >= 1 and every k in {tuple(e.k)} in [1, num_samples].")
-  _check(e.confidence in ("sampled", "greedy") and e.confidence_tokens >= 1,
-         f"{where}.eval.confidence={e.confidence!r}: 'sampled' or 'greedy' (with "
-         f"confidence_tokens >= 1, got {e.confidence_tokens}).")
+  _check(e.confidence in ("sampled", "greedy", "mean") and e.confidence_tokens >= 1
+         and e.confidence_draws >= 1,
+         f"{where}.eval.confidence={e.confidence!r}: 'sampled', 'greedy' or 'mean' (with "
+         f"confidence_tokens >= 1 and confidence_draws >= 1, got {e.confidence_tokens}, "
+         f"{e.confidence_draws}).")
   _sampling(e.sampling, f"{where}.eval.sampling")
 
 
