@@ -50,7 +50,8 @@ def evaluation(**overrides):
              group_by="difficulty",  # per-value accuracy / confidence of this record field
              # How the stated confidence is read (caopd_jax/evaluation.py): "sampled" (as
              # drawn), "greedy" (re-decoded at T=0 after the response's confidence marker, the
-             # answer kept) or "mean" (the mean of confidence_draws re-decoded draws).
+             # answer kept) or "mean" (the mean of confidence_draws re-decoded draws; one
+             # sampler call of batch_size x confidence_draws rows: lower batch_size for big models).
              confidence="sampled", confidence_tokens=8, confidence_draws=16,
              sampling=sampling()))
   e.update(overrides)
