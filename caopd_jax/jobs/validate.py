@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 
 from caopd_jax import contexts, objectives, sharding, tasks
+from caopd_jax.evaluation import READOUTS
 from caopd_jax.models import ModelConfig
 from caopd_jax.models.config import LORA_TARGETS, REMAT
 from caopd_jax.opd.iteration import PREFIX_SOURCES
@@ -62,9 +63,8 @@ def _eval(e, where):
          f"{where}.eval: needs splits, batch_size >= 1 and limit >= 0.")
   _check(e.num_samples >= 1 and all(1 <= k <= e.num_samples for k in e.k),
          f"{where}.eval: num_samples >= 1 and every k in {tuple(e.k)} in [1, num_samples].")
-  _check(e.confidence in ("sampled", "greedy", "mean") and e.confidence_tokens >= 1
-         and e.confidence_draws >= 1,
-         f"{where}.eval.confidence={e.confidence!r}: 'sampled', 'greedy' or 'mean' (with "
+  _check(e.confidence in READOUTS and e.confidence_tokens >= 1 and e.confidence_draws >= 1,
+         f"{where}.eval.confidence={e.confidence!r}: one of {READOUTS} (with "
          f"confidence_tokens >= 1 and confidence_draws >= 1, got {e.confidence_tokens}, "
          f"{e.confidence_draws}).")
   _sampling(e.sampling, f"{where}.eval.sampling")
