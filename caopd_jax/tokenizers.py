@@ -8,6 +8,7 @@ int32 batch with a validity mask (prompts are left-truncated, as in the CaOPD co
 
 import json
 import os
+import re
 import string
 
 import numpy as np
@@ -31,7 +32,10 @@ class CharTokenizer:
     self.alphabet, self.pieces = alphabet, pieces
     self._strings = list(CHAR_SPECIALS) + list(alphabet) + list(pieces)
     self._ids = {c: i for i, c in enumerate(self._strings) if i >= len(CHAR_SPECIALS)}
-    self._by_length = sorted(pieces, key=len, reverse=True)
+    # pieces longest first, then any one character: re tries alternatives in order, so findall
+    # is the greedy longest-piece-first scan
+    by_length = sorted(pieces, key=len, reverse=True)
+    self._scan = re.compile("|".join([re.escape(p) for p in by_length] + ["."]), re.DOTALL)
     self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
     self.vocab_size = len(self._strings)
     self.special_ids = (self.pad_id, self.bos_id, self.eos_id)
@@ -39,15 +43,10 @@ class CharTokenizer:
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     ids = [self.bos_id] if add_bos else []
-    i = 0
-    while i < len(text):
-      piece = next((p for p in self._by_length if text.startswith(p, i)), None)
-      if piece is None:
-        if text[i] not in self._ids:
-          raise ValueError(f"Character {text[i]!r} is not in the CharTokenizer alphabet.")
-        piece = text[i]
-      ids.append(self._ids[piece])
-      i += len(piece)
+    try:
+      ids.extend([self._ids[piece] for piece in self._scan.findall(text)])
+    except KeyError as e:
+      raise ValueError(f"Character {e.args[0]!r} is not in the CharTokenizer alphabet.") from None
     return ids
 
   def decode(self, ids, skip_special: bool = True) -> str:

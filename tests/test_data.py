@@ -287,6 +287,22 @@ def test_loader_over_real_source(data_dir):
   assert data.as_columns(batch)["id"] == _ids(batch)
 
 
+
+def test_records_are_read_once_per_prepared_split(data_dir, tmp_path, monkeypatch):
+  src = data.get_source("arithmetic", "test", data_dir, **SMALL)
+  want = [src[i] for i in range(len(src))]  # random access, record by record
+  first = data.records(src)
+  assert first == want
+  first[0]["question"] = "edited"  # a caller's list and dicts are its own
+  reads = []
+  again = data.get_source("arithmetic", "test", data_dir, **SMALL)
+  monkeypatch.setattr(again, "__getitems__", lambda idx: reads.append(idx) or [])
+  assert data.records(again) == want and not reads  # the same split: no second decode
+  other = data.get_source("arithmetic", "test", str(tmp_path), **SMALL)  # same data, new place
+  monkeypatch.setattr(other, "__getitems__", lambda idx: reads.append(idx) or [])
+  assert data.records(other) == [] and reads  # another location is read again
+  assert data.records([{"a": 1}]) == [{"a": 1}]  # plain sequences pass through
+
 # ----------------------------------------------------------------------------- science / tool use
 
 

@@ -35,6 +35,28 @@ def test_pieces_are_greedy_longest_first_and_round_trip(tmp_path):
   assert tok.decode(tok.encode(s)) == s and len(tok.encode(s)) == 1 + 4 + 1 + 2 + 1 + 4
 
 
+def _greedy_reference(tok, pieces, text):
+  """The scan written out: at each position the longest piece that starts there, else one char."""
+  ids, i = [], 0
+  by_length = sorted(pieces, key=len, reverse=True)
+  while i < len(text):
+    piece = next((p for p in by_length if text.startswith(p, i)), text[i])
+    ids.append(tok._ids[piece])  # pylint: disable=protected-access
+    i += len(piece)
+  return ids
+
+
+def test_encode_matches_a_position_by_position_greedy_scan():
+  pieces = ("ab", "abc", "bca", "c.*", "a\nb", "+-", "\n")  # overlapping and regex metacharacters
+  tok = CharTokenizer(pieces=pieces)
+  rng = np.random.default_rng(0)
+  alphabet = list("abc.*+-\\n\n ")
+  for _ in range(300):
+    text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 30))))
+    assert tok.encode(text) == _greedy_reference(tok, pieces, text), text
+    assert tok.decode(tok.encode(text)) == text
+
+
 def test_padding_helpers():
   ids, valid = pad_left([[5, 6, 7], [8]], 2, 0)
   np.testing.assert_array_equal(ids, [[6, 7], [0, 8]])

@@ -15,12 +15,12 @@ from caopd_jax.data.arithmetic import CaopdArithmetic, make_config
 from caopd_jax.data.hf_arrow import DataFormatError
 from caopd_jax.data.loader import (DATA_ENV, DATASETS, BatchIterator, Source, as_columns,
                                    data_dir_for, get_builder, get_items, get_source, head,
-                                   prepare)
+                                   prepare, records)
 from caopd_jax.data.science import CaopdScience
 from caopd_jax.data.tooluse import CaopdTooluse
 
 __all__ = [
     "ARITHMETIC_OPS", "BatchIterator", "CaopdArithmetic", "CaopdScience", "CaopdTooluse",
     "DATASETS", "DATA_ENV", "DataFormatError", "Source", "as_columns", "data_dir_for",
-    "get_builder", "get_items", "get_source", "head", "make_config", "prepare",
+    "get_builder", "get_items", "get_source", "head", "make_config", "prepare", "records",
 ]

@@ -59,7 +59,7 @@ def setup(config, workdir, abstract: bool = False):
     if not abstract:
       raise
     tokenizer, train = CharTokenizer(), []
-  records = list(train)
+  records = data.records(train)
   caps = dict(max_prompt_len=config.max_prompt_len, max_demo_len=config.max_demo_len)
   over = prompts.overlong(tokenizer, task, records, context, **caps)
   prompts.report_overlong(over, len(records), f"{task.name}/{config.train_split}", config.overlong)

@@ -115,7 +115,7 @@ def main(config, workdir):
   tokenizer = task.new_tokenizer()
   train = task.sources(config.data_dir or data.data_dir_for(workdir),
                        (config.train_split,))[config.train_split]
-  records = list(train)
+  records = data.records(train)
   levels = sorted({r.get("difficulty", 0) for r in records})
   width = sequence_width(tokenizer, task, records, config.mix)
   cfg = ModelConfig(vocab_size=tokenizer.vocab_size, param_dtype=config.param_dtype,

@@ -36,7 +36,7 @@ class Mixture:
 
   def __iter__(self):
     for s in self.sources:
-      yield from s
+      yield from data.records(s)
 
 
 class Arithmetic(PlainTask):
