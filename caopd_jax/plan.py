@@ -117,10 +117,12 @@ def plan(config, workdir="/tmp/caopd_plan", hbm_gib=None) -> dict:
   }
   out["peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
                        + out["temp_bytes"])
-  if hbm_gib:
-    out["hbm_gib"] = float(hbm_gib)
-    out["fits"] = out["peak_bytes"] <= hbm_gib * GIB
-  return out
+  return verdict(out, hbm_gib) if hbm_gib else out
+
+
+def verdict(p: dict, hbm_gib: float) -> dict:
+  """The plan `p` against `hbm_gib` GiB per device: hbm_gib and fits (peak <= HBM) added."""
+  return {**p, "hbm_gib": float(hbm_gib), "fits": p["peak_bytes"] <= hbm_gib * GIB}
 
 
 def report(p) -> str:

@@ -74,13 +74,18 @@ def test_greedy_continuation_is_argmax_of_the_uncached_model():
                                      TASK.marker, cfg, num_tokens=5)
   assert out[1] == [responses[1]]
   out = [o[0] for o in out]
+  forward = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+  width = 7 + max(len(r) for r in responses) + 5
   for i in (0, 2):
     k = evaluation.marker_prefix(CHAR, responses[i], TASK.marker)
     assert out[i][:k] == responses[i][:k]  # the answer part is untouched
     seq = list(prompt[i][valid[i]]) + responses[i][:k]
     ref = []
     for _ in range(5):  # independent reference: full forward, argmax, append
-      logits = np.asarray(model(jnp.asarray([seq], jnp.int32)))[0, -1]
+      # right-padded to one width (one compile): causal, so position len(seq) - 1 is unaffected
+      padded = np.full((1, width), CHAR.pad_id, np.int32)
+      padded[0, :len(seq)] = seq
+      logits = np.asarray(forward(params, jnp.asarray(padded)))[0, len(seq) - 1]
       t = int(np.argmax(logits))
       ref.append(t)
       seq.append(t)

@@ -118,5 +118,5 @@ def test_planner_reports_the_trainers_compiled_memory(arithmetic_models, tmp_pat
       mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.temp_size_in_bytes,
       mem.alias_size_in_bytes)
   assert p["fits"] and p["peak_bytes"] > 0 and p["model_flops"] > 0
-  small = plan.plan(c, str(tmp_path), hbm_gib=p["peak_bytes"] / plan.GIB / 2)
+  small = plan.verdict(p, p["peak_bytes"] / plan.GIB / 2)
   assert not small["fits"] and "DOES NOT FIT" in plan.report(small)

@@ -42,17 +42,19 @@ def _per_level(values, level):
 
 def sft_texts(records, task, tokenizer, rng: np.random.Generator, *, mix, habit, levels,
               num_samples: int, note_prob: float, answer_noise=(), context_noise=(),
-              noise_by="difficulty"):
+              noise_by="difficulty", formats=None):
   """[(prompt, response)] for a batch of records (see the module docstring). answer_noise /
   context_noise: per level (difficulty from the lowest up, or `task.level(r, noise_by)`; the
   last value repeats), the probability that a student-format / teacher-format response has a
-  wrong answer (`task.corrupt`)."""
+  wrong answer (`task.corrupt`). formats: each record's index into `mix` (None: drawn from the
+  mix's probabilities)."""
 
   def shown(r, noise):
     return task.corrupt(r, rng) if noise and rng.random() < noise else r
 
   names, probs = zip(*mix)
-  formats = rng.choice(len(names), size=len(records), p=np.asarray(probs) / np.sum(probs))
+  if formats is None:
+    formats = rng.choice(len(names), size=len(records), p=np.asarray(probs) / np.sum(probs))
   out = []
   for r, f in zip(records, formats):
     level = levels.index(r.get("difficulty", levels[0]))
@@ -92,8 +94,8 @@ def encode_sft(tokenizer, texts, width: int):
   return {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}
 
 
-def sequence_width(tokenizer, task, records, mix, round_to=8):
-  """Longest SFT sequence any record can produce (each format, with the note)."""
+def format_widths(tokenizer, task, records, mix, round_to=8) -> dict:
+  """{format: longest SFT sequence any record can produce in it (with the note), rounded up}."""
   def longest(r, name):
     if name == "student":
       prompt = task.student_text(tokenizer, r)
@@ -101,8 +103,36 @@ def sequence_width(tokenizer, task, records, mix, round_to=8):
       prompt = teacher_text(tokenizer, task, r, contexts.get(name), task.solution_text(r), "1.00",
                             True)
     return len(tokenizer.encode(prompt + task.response_text(r, "1.00"))) + 1
-  n = max(longest(r, name) for r in records for name, _ in mix)
-  return -(-n // round_to) * round_to
+  return {name: -(-max(longest(r, name) for r in records) // round_to) * round_to
+          for name, _ in mix}
+
+
+def format_counts(probs, n: int) -> np.ndarray:
+  """Rows per format in a batch of n: n x probs rounded to integers that sum to n (largest
+  remainders first)."""
+  want = n * np.asarray(probs, np.float64) / np.sum(probs)
+  counts = np.floor(want).astype(int)
+  for k in np.argsort(-(want - counts), kind="stable")[:n - counts.sum()]:
+    counts[k] += 1
+  return counts
+
+
+def sft_batch(config, task, tokenizer, rows, step: int, levels, widths: dict):
+  """Step `step`'s batch from its records `rows`: {tokens, valid, loss_mask} at the widest
+  format's width, or with config.length_buckets {"buckets": one such dict per format of
+  config.mix, format_counts rows each, at that format's width (format_widths)}."""
+  names, probs = zip(*config.mix)
+  rng = np.random.default_rng([config.seed, step])
+  formats = (np.repeat(np.arange(len(names)), format_counts(probs, len(rows)))
+             if config.length_buckets else None)
+  texts = sft_texts(rows, task, tokenizer, rng, mix=config.mix, habit=config.habit,
+                    levels=levels, num_samples=config.num_samples, note_prob=config.note_prob,
+                    noise_by=config.noise_by, formats=formats, **noise_at(config, step))
+  if formats is None:
+    return encode_sft(tokenizer, texts, max(widths.values()))
+  return {"buckets": tuple(
+      encode_sft(tokenizer, [t for t, f in zip(texts, formats) if f == k], widths[name])
+      for k, name in enumerate(names) if np.any(formats == k))}
 
 
 def main(config, workdir):
@@ -117,7 +147,7 @@ def main(config, workdir):
                        (config.train_split,))[config.train_split]
   records = data.records(train)
   levels = sorted({r.get("difficulty", 0) for r in records})
-  width = sequence_width(tokenizer, task, records, config.mix)
+  widths = format_widths(tokenizer, task, records, config.mix)
   cfg = ModelConfig(vocab_size=tokenizer.vocab_size, param_dtype=config.param_dtype,
                     remat=config.remat, scan_layers=config.scan_layers, **config.model)
   # the parameters and the state are born sharded on the mesh
@@ -133,12 +163,7 @@ def main(config, workdir):
                                process_count=jax.process_count())
 
   def get_batch(step):
-    rng = np.random.default_rng([config.seed, step])
-    texts = sft_texts(batches.batch(step), task, tokenizer, rng, mix=config.mix,
-                      habit=config.habit, levels=levels, num_samples=config.num_samples,
-                      note_prob=config.note_prob, noise_by=config.noise_by,
-                      **noise_at(config, step))
-    return encode_sft(tokenizer, texts, width)
+    return sft_batch(config, task, tokenizer, batches.batch(step), step, levels, widths)
 
   step_fn = make_sft_step(graphdef, optimizer, schedule, on_nonfinite=config.on_nonfinite,
                           microbatches=config.microbatches)

@@ -272,19 +272,36 @@ def sft_loss(model, tokens, valid, loss_mask, denominator=None):
   return loss, {"train/loss": loss, "train/token_accuracy": acc, "train/num_tokens": jnp.sum(m)}
 
 
+def bucketed_sft_loss(model, buckets, denominator):
+  """sft_loss over several {tokens, valid, loss_mask} buckets of their own widths: the summed
+  next-token cross-entropy of all of them over `denominator` (the whole batch's loss tokens),
+  i.e. the loss of the one padded batch they would make, without its padding's compute."""
+  parts = [sft_loss(model, b["tokens"], b["valid"], b["loss_mask"], denominator)[1]
+           for b in buckets]
+  n = sum(m["train/num_tokens"] for m in parts)
+  loss = sum(m["train/loss"] for m in parts)
+  acc = sum(m["train/token_accuracy"] * m["train/num_tokens"] for m in parts) / jnp.maximum(n, 1.0)
+  return loss, {"train/loss": loss, "train/token_accuracy": acc, "train/num_tokens": n}
+
+
 def make_sft_step(graphdef, optimizer, schedule=None, on_nonfinite: str = "stop",
                   microbatches: int = 1):
-  """Supervised step on batch {tokens, valid, loss_mask} (all [B, T]); `microbatches` as for
-  make_opd_step."""
+  """Supervised step on batch {tokens, valid, loss_mask} (all [B, T]), or {"buckets": (such
+  dicts, each [B_i, T_i])} (bucketed_sft_loss); `microbatches` as for make_opd_step (each bucket
+  split into that many)."""
 
   def step(state: TrainState, batch):
-    denom = jnp.maximum(jnp.sum(batch["loss_mask"][:, 1:].astype(_F32)), 1.0)
+    masks = [b["loss_mask"] for b in batch["buckets"]] if "buckets" in batch else [
+        batch["loss_mask"]]
+    denom = jnp.maximum(sum(jnp.sum(m[:, 1:].astype(_F32)) for m in masks), 1.0)
 
     def micro(mb, i):
       del i
       def loss_fn(params):
-        return sft_loss(nnx.merge(graphdef, params), mb["tokens"], mb["valid"], mb["loss_mask"],
-                        denom)
+        model = nnx.merge(graphdef, params)
+        if "buckets" in mb:
+          return bucketed_sft_loss(model, mb["buckets"], denom)
+        return sft_loss(model, mb["tokens"], mb["valid"], mb["loss_mask"], denom)
       (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       return grads, metrics
 
