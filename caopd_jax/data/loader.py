@@ -184,7 +184,7 @@ _RECORDS_KEPT = 2
 def records(source) -> list[dict]:
   """Every record of `source` as a list, in storage order. The stages of one process (base, OPD,
   CaOPD in the default job) read the same training split: the decoded records of the last
-  `_RECORDS_KEPT` prepared splits are kept (tfds decoding is ~0.1 ms a record: 20 s for the
+  `_RECORDS_KEPT` prepared splits are kept (tfds decoding is ~0.15 ms a record: 31 s for the
   default job's 200,000 questions), and each caller gets its own list of fresh dicts."""
   key = (source.location, source.identity, source.json_features) if getattr(
       source, "location", "") else None
