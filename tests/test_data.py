@@ -303,6 +303,15 @@ def test_records_are_read_once_per_prepared_split(data_dir, tmp_path, monkeypatc
   assert data.records(other) == [] and reads  # another location is read again
   assert data.records([{"a": 1}]) == [{"a": 1}]  # plain sequences pass through
 
+
+def test_batches_over_the_decoded_records_equal_batches_read_from_the_split(data_dir):
+  """The SFT / OPD jobs index data.records' list instead of reading the split every step."""
+  src = data.get_source("arithmetic", "test", data_dir, **SMALL)
+  from_disk = data.BatchIterator(src, 6, seed=3, process_index=1, process_count=2)
+  in_memory = data.BatchIterator(data.records(src), 6, seed=3, process_index=1, process_count=2)
+  for step in (0, 1, 7, 40):
+    assert in_memory.batch(step) == from_disk.batch(step)
+
 # ----------------------------------------------------------------------------- science / tool use
 
 

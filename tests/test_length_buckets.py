@@ -22,15 +22,33 @@ RECORDS = [{"id": i, "question": f"{a:02d}+{b:02d}", "answer": str(a + b), "diff
            for i, (a, b) in enumerate(zip(range(10, 90, 3), range(95, 15, -3)))]
 
 
-@pytest.mark.parametrize("n", [1, 7, 24, 64, 101])
-def test_format_counts_round_the_mix_to_the_batch(n):
+@pytest.mark.parametrize("n,unit", [(7, 1), (24, 1), (64, 1), (101, 1), (64, 8), (48, 4),
+                                    (40, 8)])
+def test_format_counts_round_the_mix_to_the_batch(n, unit):
   probs = (0.6, 0.2, 0.2)
-  counts = sft.format_counts(probs, n)
-  assert counts.sum() == n and np.all(np.abs(counts - n * np.asarray(probs)) < 1)
-  # brute force: no other integer split of n is closer to n x probs (max abs error)
+  counts = sft.format_counts(probs, n, unit)
+  assert counts.sum() == n and np.all(counts % unit == 0) and np.all(counts > 0)
+  assert np.all(np.abs(counts - n * np.asarray(probs)) < unit)
+  # brute force: no other split of n into multiples of unit is closer to n x probs (max abs error)
   best = min(max(abs(a - n * 0.6), abs(b - n * 0.2), abs(n - a - b - n * 0.2))
-             for a in range(n + 1) for b in range(n + 1 - a))
+             for a in range(0, n + 1, unit) for b in range(0, n + 1 - a, unit))
   assert max(np.abs(counts - n * np.asarray(probs))) <= best + 1e-9
+
+
+@pytest.mark.parametrize("n,unit,why", [(1, 1, "no rows"), (16, 8, "no rows"),
+                                        (24, 8, "no rows"), (20, 8, "does not split")])
+def test_format_counts_refuse_a_batch_that_cannot_hold_the_mix(n, unit, why):
+  with pytest.raises(ValueError, match=why):
+    sft.format_counts((0.6, 0.2, 0.2), n, unit)
+
+
+@pytest.mark.parametrize("shape,micro,procs,unit", [
+    ({"data": 1, "fsdp": 1, "tensor": 1}, 1, 1, 1), ({"data": 2, "fsdp": 4, "tensor": 1}, 1, 1, 8),
+    ({"data": 1, "fsdp": 2, "tensor": 4}, 3, 1, 6), ({"data": 2, "fsdp": 4, "tensor": 1}, 2, 2, 8)])
+def test_bucket_unit_is_batch_sharding_devices_times_microbatches_per_process(
+    shape, micro, procs, unit):
+  mesh = type("Mesh", (), {"shape": shape})()
+  assert sft.bucket_unit(mesh, micro, procs) == unit
 
 
 def test_bucketed_batch_holds_each_format_at_its_own_width():

@@ -64,8 +64,8 @@ def setup(config, workdir, abstract: bool = False):
   over = prompts.overlong(tokenizer, task, records, context, **caps)
   prompts.report_overlong(over, len(records), f"{task.name}/{config.train_split}", config.overlong)
   if config.overlong == "drop" and over.any():
-    train = records = [r for r, o in zip(records, over) if not o]
-  batches = data.BatchIterator(train or [{}], config.prompts_per_step, seed=config.seed,
+    records = [r for r, o in zip(records, over) if not o]
+  batches = data.BatchIterator(records or [{}], config.prompts_per_step, seed=config.seed,
                                num_epochs=None if config.steps else config.epochs,
                                process_index=jax.process_index(),
                                process_count=jax.process_count())

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from caopd_jax import contexts, data, distributed, sharding, tasks, workdir as workdir_lib
+from caopd_jax.jobs.validate import ConfigError
 from caopd_jax.models import ModelConfig, Transformer, save_hf
 from caopd_jax.opd.caopd import format_confidence
 from caopd_jax.opd.prompts import teacher_text
@@ -107,23 +108,40 @@ def format_widths(tokenizer, task, records, mix, round_to=8) -> dict:
           for name, _ in mix}
 
 
-def format_counts(probs, n: int) -> np.ndarray:
-  """Rows per format in a batch of n: n x probs rounded to integers that sum to n (largest
-  remainders first)."""
-  want = n * np.asarray(probs, np.float64) / np.sum(probs)
+def format_counts(probs, n: int, unit: int = 1) -> np.ndarray:
+  """Rows per format in a batch of n: n x probs rounded to multiples of `unit` that sum to n
+  (largest remainders first). unit = the batch-sharding devices x microbatches of this process
+  (`bucket_unit`), so every bucket splits into microbatches and shards over the batch axes."""
+  if n % unit:
+    raise ConfigError(f"length_buckets: a batch of {n} rows does not split into units of {unit} "
+                     "(batch-sharding devices x microbatches per process); make batch_size a "
+                     "multiple of it or set length_buckets=False.")
+  want = (n // unit) * np.asarray(probs, np.float64) / np.sum(probs)
   counts = np.floor(want).astype(int)
-  for k in np.argsort(-(want - counts), kind="stable")[:n - counts.sum()]:
+  for k in np.argsort(-(want - counts), kind="stable")[:n // unit - counts.sum()]:
     counts[k] += 1
-  return counts
+  if np.any((counts == 0) & (np.asarray(probs) > 0)):
+    raise ConfigError(f"length_buckets: {n} rows in units of {unit} leave format(s) "
+                     f"{np.flatnonzero(counts == 0).tolist()} of the mix with no rows; raise "
+                     "batch_size or set length_buckets=False.")
+  return counts * unit
 
 
-def sft_batch(config, task, tokenizer, rows, step: int, levels, widths: dict):
+def bucket_unit(mesh, microbatches: int, process_count: int = 1) -> int:
+  """Rows per process that one bucket must be a multiple of: the mesh's batch-sharding size
+  (sharding.RULES' `batch` axes) x microbatches, divided among the processes."""
+  axes = dict(sharding.RULES)[sharding.BATCH]
+  dp = int(np.prod([mesh.shape[a] for a in axes if a in mesh.shape]))
+  return max(1, dp * microbatches // process_count)
+
+
+def sft_batch(config, task, tokenizer, rows, step: int, levels, widths: dict, unit: int = 1):
   """Step `step`'s batch from its records `rows`: {tokens, valid, loss_mask} at the widest
   format's width, or with config.length_buckets {"buckets": one such dict per format of
-  config.mix, format_counts rows each, at that format's width (format_widths)}."""
+  config.mix, format_counts(..., unit) rows each, at that format's width (format_widths)}."""
   names, probs = zip(*config.mix)
   rng = np.random.default_rng([config.seed, step])
-  formats = (np.repeat(np.arange(len(names)), format_counts(probs, len(rows)))
+  formats = (np.repeat(np.arange(len(names)), format_counts(probs, len(rows), unit))
              if config.length_buckets else None)
   texts = sft_texts(rows, task, tokenizer, rng, mix=config.mix, habit=config.habit,
                     levels=levels, num_samples=config.num_samples, note_prob=config.note_prob,
@@ -152,18 +170,22 @@ def main(config, workdir):
                     remat=config.remat, scan_layers=config.scan_layers, **config.model)
   # the parameters and the state are born sharded on the mesh
   mesh = sharding.make_mesh(tuple(config.mesh))
+  unit = bucket_unit(mesh, config.microbatches, jax.process_count())
+  if config.length_buckets:  # a batch that cannot hold the mix stops before any work
+    format_counts([p for _, p in config.mix], config.batch_size // jax.process_count(), unit)
   init = lambda: nnx.split(Transformer(cfg, rngs=nnx.Rngs(config.seed)))[1]
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
   params = jax.jit(init, out_shardings=sharding.tree_shardings(abstract, mesh))()
   optimizer, schedule = make_optimizer(config.optim, config.steps)
   state, _ = born_sharded(mesh, optimizer, params, seed=config.seed,
                           master_weights=config.master_weights)
-  batches = data.BatchIterator(train, config.batch_size, seed=config.seed,
+  # batches index the decoded records (a tfds read per step cost ~15-35 ms of the base's step)
+  batches = data.BatchIterator(records, config.batch_size, seed=config.seed,
                                process_index=jax.process_index(),
                                process_count=jax.process_count())
 
   def get_batch(step):
-    return sft_batch(config, task, tokenizer, batches.batch(step), step, levels, widths)
+    return sft_batch(config, task, tokenizer, batches.batch(step), step, levels, widths, unit)
 
   step_fn = make_sft_step(graphdef, optimizer, schedule, on_nonfinite=config.on_nonfinite,
                           microbatches=config.microbatches)
