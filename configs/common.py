@@ -162,7 +162,8 @@ def sft(**overrides):
   c.noise_from = 0.0  # fraction of the steps trained on clean labels before the noise starts
   c.num_samples = 8
   # True: each batch holds round(p x batch_size) rows of each format of `mix` (not a draw), each
-  # format padded to its own width (the student format is about half the teacher formats' length)
+  # format padded to its own width (the student format is about half the teacher formats' length);
+  # the rows per format are multiples of the mesh's batch-sharding devices x microbatches
   c.length_buckets = False
   c.update(memory())
   c.on_nonfinite = "stop"
