@@ -105,3 +105,13 @@ def test_bucketed_step_equals_the_padded_step():
   for x, y in zip(jax.tree.leaves(b.params), jax.tree.leaves(a.params)):
     np.testing.assert_allclose(y, x, atol=2e-6)
   assert float(ma["train/num_tokens"]) == padded["loss_mask"][:, 1:].sum()
+
+
+def test_the_sft_job_refuses_a_batch_that_cannot_hold_the_mix_before_training(tmp_path):
+  from caopd_jax.jobs.validate import ConfigError  # pylint: disable=g-import-not-at-top
+  c = common.sft(task=common.arithmetic_task(min_digits=2, max_digits=2, num_train=64,
+                                             num_test=8, num_ood=4),
+                 batch_size=2, steps=2, length_buckets=True)
+  with pytest.raises(ConfigError, match="no rows"):
+    sft.main(c, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "model").exists()
