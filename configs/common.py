@@ -160,6 +160,9 @@ def sft(**overrides):
   c.context_noise = ()
   c.noise_by = "difficulty"  # or a task level (Task.LEVELS), e.g. "carries" for arithmetic
   c.noise_from = 0.0  # fraction of the steps trained on clean labels before the noise starts
+  # The first frac x steps draw only records of level <= max_level under `by` ("difficulty" or
+  # a task level such as "carries"; jobs/sft.py easy_subset), then the whole split. 0: off.
+  c.easy_first = C(dict(frac=0.0, by="difficulty", max_level=0))
   c.num_samples = 8
   # True: each batch holds round(p x batch_size) rows of each format of `mix` (not a draw), each
   # format padded to its own width (the student format is about half the teacher formats' length);

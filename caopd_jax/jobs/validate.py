@@ -122,6 +122,9 @@ def sft(c, where="config"):
   _check(c.noise_by in levels, f"{where}.noise_by={c.noise_by!r}: valid for task "
          f"{c.task.name!r}: {levels}.")
   _check(0 <= c.noise_from < 1, f"{where}.noise_from={c.noise_from}: must be in [0, 1).")
+  _check(c.easy_first.by in levels and 0 <= c.easy_first.frac <= 1,
+         f"{where}.easy_first: by={c.easy_first.by!r} must be one of {levels} and "
+         f"frac={c.easy_first.frac} in [0, 1].")
   try:
     ModelConfig(vocab_size=8, **c.model)
   except (TypeError, ValueError) as e:
