@@ -61,6 +61,7 @@ def test_no_easy_record_or_a_bad_level_is_a_config_error():
     validate(config(frac=0.5, by="digits"))
   with pytest.raises(ConfigError, match="easy_first"):
     validate(config(frac=1.5, by="carries"))
+  validate(config(frac=0.0, by="digits"))  # off: its `by` is not read (a task without carries)
 
 
 def mutual_information(pairs):

@@ -85,6 +85,10 @@ def test_a_new_task_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
     jobs.validate(c)
   with c.unlocked():
     c.base.update(dict(noise_by="difficulty", answer_noise=(), context_noise=()))
+  with pytest.raises(jobs.USER_ERRORS, match="easy_first.by='carries'"):  # so is its curriculum
+    jobs.validate(c)
+  with c.unlocked():
+    c.base.easy_first.by = "difficulty"
   jobs.validate(c)
   jobs.run(c, str(tmp_path))
   with open(tmp_path / "results.json") as f:

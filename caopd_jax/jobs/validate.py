@@ -122,9 +122,11 @@ def sft(c, where="config"):
   _check(c.noise_by in levels, f"{where}.noise_by={c.noise_by!r}: valid for task "
          f"{c.task.name!r}: {levels}.")
   _check(0 <= c.noise_from < 1, f"{where}.noise_from={c.noise_from}: must be in [0, 1).")
-  _check(c.easy_first.by in levels and 0 <= c.easy_first.frac <= 1,
-         f"{where}.easy_first: by={c.easy_first.by!r} must be one of {levels} and "
-         f"frac={c.easy_first.frac} in [0, 1].")
+  _check(0 <= c.easy_first.frac <= 1,
+         f"{where}.easy_first.frac={c.easy_first.frac}: must be in [0, 1] (0: off).")
+  _check(not c.easy_first.frac or c.easy_first.by in levels,
+         f"{where}.easy_first.by={c.easy_first.by!r}: valid for task {c.task.name!r}: "
+         f"{levels} (or easy_first.frac=0 to turn it off).")
   try:
     ModelConfig(vocab_size=8, **c.model)
   except (TypeError, ValueError) as e:
