@@ -100,7 +100,10 @@ def continual_runs(cfg, out):
   for seed in cfg.continual.seeds:
     root = os.path.join(out, f"continual_{seed}")
     data_dir = os.path.join(out, "tfds")
-    base = sft.main(_stage(cfg, "base", seed, f"{a},{b}", "", data_dir), os.path.join(root, "base"))
+    base_cfg = _stage(cfg, "base", seed, f"{a},{b}", "", data_dir)
+    with base_cfg.unlocked():
+      base_cfg.steps = cfg.continual.base_steps or base_cfg.steps  # 0: the pipeline's
+    base = sft.main(base_cfg, os.path.join(root, "base"))
     models = {("base", "-"): base}
     for method in ("opd", "caopd"):
       after_a = opd.main(_stage(cfg, method, seed, a, base, data_dir), os.path.join(root, f"{method}_A"))
