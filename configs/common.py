@@ -101,6 +101,9 @@ def opd(**overrides):
   c.sampling = sampling()
   c.objective = C(dict(name="full_forward", hparams=C(dict(reduction="sequence_mean",
                                                              skip_first=0))))
+  # Completion tokens in the loss: "completion" (all, as the paper) or "answer" (those before
+  # the confidence marker: an ablation of what learning the stated confidence costs the answer)
+  c.loss_on = "completion"
   c.report_objectives = ("full_reverse", "token_sampled")
   c.compare_estimators = False  # each reported estimator's gradient vs the exact one
   # Truncated importance weights min(pi/mu, objective.hparams.is_clip) from the sampler's

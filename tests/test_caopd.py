@@ -10,6 +10,7 @@ from flax import nnx
 from caopd_jax import contexts, tasks
 from caopd_jax.models import ModelConfig, Transformer
 from caopd_jax.opd import caopd as ops, prompts, verify
+from caopd_jax.jobs.validate import ConfigError, validate
 from caopd_jax.opd.iteration import Iteration
 from caopd_jax.sampling import SampleOutput, SamplingConfig
 from caopd_jax.tokenizers import CharTokenizer, pad_right
@@ -76,7 +77,7 @@ def fake_samples(correct, extras=None):
                       jnp.sum(mask, -1))
 
 
-def make(context_name, caopd):
+def make(context_name, caopd, loss_on="completion"):
   context = contexts.get(context_name)
   graphdef, params = nnx.split(Transformer(ModelConfig.tiny(vocab_size=TOK.vocab_size)))
   opt = optax.sgd(0.0)
@@ -84,7 +85,8 @@ def make(context_name, caopd):
   sampling = SamplingConfig(max_new_tokens=24, stop_ids=(TOK.eos_id,))
   it = Iteration(graphdef, graphdef, step,
                  verify.make(TASK, TOK, RECORDS, num_samples=K, width=24), context,
-                 prompts.constants(TOK, TASK, context, RECORDS, K), K, sampling, caopd=caopd)
+                 prompts.constants(TOK, TASK, context, RECORDS, K), K, sampling, caopd=caopd,
+                 loss_on=loss_on)
   widths = prompts.widths(TOK, TASK, RECORDS, context)
   p = jax.tree.map(jnp.asarray, prompts.encode(TOK, TASK, RECORDS, context, widths))
   return it, p, init_state(params, opt, teacher=params)
@@ -119,6 +121,31 @@ def test_batch_student_and_teacher_text(caopd):
   if not caopd:
     np.testing.assert_array_equal(np.asarray(batch["behavior_logprobs"])[:, :24],
                                   np.asarray(samples.logprobs))
+
+
+@pytest.mark.parametrize("caopd", [False, True])
+def test_answer_only_loss_counts_the_answer_tokens_alone(caopd):
+  """loss_on="answer": the loss mask keeps each completion's answer, not its stated confidence
+  (OPD's sampled one or CaOPD's spliced P_acc); the sequences themselves are unchanged."""
+  correct = [[True, False, True, False], [False, False, False, False]]
+  samples = fake_samples(correct, [["\n7", "", "", ""], [""] * K])
+  full = make("demo", caopd)[0]
+  it, p, _ = make("demo", caopd, loss_on="answer")
+  verdict = it.verify(p, samples)
+  batch, _ = it.batch(p, samples, verdict)
+  ref, _ = full.batch(p, samples, verdict)
+  c = batch["completion_mask"].shape[1]
+  for row in range(2 * K):
+    b = row // K
+    ans = RECORDS[b]["answer"] + ("\n7" if row == 0 else "") if correct[b][row % K] else "0"
+    assert decode_valid(batch["student_tokens"][row, -c:], batch["completion_mask"][row]) == ans
+  for key in ("student_tokens", "student_valid", "teacher_tokens", "teacher_valid"):
+    np.testing.assert_array_equal(batch[key], ref[key])
+  with pytest.raises(ValueError, match="loss_on"):
+    make("demo", caopd, loss_on="confidence")
+  c = common.opd(caopd=caopd, loss_on="confidence")
+  with pytest.raises(ConfigError, match="loss_on='confidence'"):
+    validate(c)
 
 
 def test_correct_solution_uses_the_first_verified_rollout_else_the_demo():

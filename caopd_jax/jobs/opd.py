@@ -120,7 +120,8 @@ def setup(config, workdir, abstract: bool = False):
   consts = prompts.constants(tokenizer, task, context, records, config.num_samples)
   it = Iteration(graphdef, teacher.graphdef, opd_step, judge, context, consts,
                  config.num_samples, sampling, caopd=config.caopd,
-                 prefix_source=config.prefix_source, teacher_shares_base=shares_base)
+                 prefix_source=config.prefix_source, teacher_shares_base=shares_base,
+                 loss_on=config.loss_on)
 
   def encode(recs):
     return prompts.encode(tokenizer, task, recs, context, widths)

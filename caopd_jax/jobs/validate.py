@@ -12,7 +12,7 @@ from caopd_jax import contexts, objectives, sharding, tasks
 from caopd_jax.evaluation import READOUTS
 from caopd_jax.models import ModelConfig
 from caopd_jax.models.config import LORA_TARGETS, REMAT
-from caopd_jax.opd.iteration import PREFIX_SOURCES
+from caopd_jax.opd.iteration import LOSS_ON, PREFIX_SOURCES
 from caopd_jax.opd.teachers import KINDS
 from caopd_jax.sampling import SamplingConfig
 from caopd_jax.train.optim import make_optimizer
@@ -77,6 +77,7 @@ def opd(c, where="config"):
   for name in c.report_objectives:
     objectives.get_objective(name)
   _check(c.teacher.kind in KINDS, f"{where}.teacher.kind={c.teacher.kind!r}: valid: {KINDS}.")
+  _check(c.loss_on in LOSS_ON, f"{where}.loss_on={c.loss_on!r}: valid: {LOSS_ON}.")
   _check(c.prefix_source in PREFIX_SOURCES,
          f"{where}.prefix_source={c.prefix_source!r}: valid: {PREFIX_SOURCES}.")
   _check(not (c.caopd and c.prefix_source != "student"),

@@ -12,7 +12,9 @@ teacher note first (`caopd.transform`). Host verifiers run inside the graph thro
 prefix_source "teacher" (OPD only) samples the completions from the teacher with its context,
 scored on the student's prompt: the "teacher prefixes" row of the 2x2 of "Decoupling KL and
 Trajectories" (arXiv 2605.16826). prompts["max_completion"] (int32 [B], the length curriculum,
-caopd_jax.opd.curriculum) keeps only that many completion tokens in the loss.
+caopd_jax.opd.curriculum) keeps only that many completion tokens in the loss. loss_on="answer"
+keeps only each completion's answer (before its confidence marker, `Verdict.answer_len`): an
+ablation that tells what training the stated confidence costs the answer.
 """
 
 import dataclasses
@@ -29,6 +31,7 @@ from caopd_jax.sharding import BATCH, constrain
 from caopd_jax.train.step import model_state
 
 PREFIX_SOURCES = ("student", "teacher")
+LOSS_ON = ("completion", "answer")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity (jit)
@@ -44,10 +47,13 @@ class Iteration:
   caopd: bool = False
   prefix_source: str = "student"
   teacher_shares_base: bool = False  # the teacher's parameters complete state.frozen (LoRA)
+  loss_on: str = "completion"  # or "answer": only the tokens before the verifier's cut count
 
   def __post_init__(self):
     if self.prefix_source not in PREFIX_SOURCES:
       raise ValueError(f"Unknown prefix_source {self.prefix_source!r}; valid: {PREFIX_SOURCES}.")
+    if self.loss_on not in LOSS_ON:
+      raise ValueError(f"Unknown loss_on {self.loss_on!r}; valid: {LOSS_ON}.")
     if self.caopd and self.prefix_source != "student":
       raise ValueError("prefix_source='teacher' is OPD-only (CaOPD's P_acc needs student rollouts).")
 
@@ -85,6 +91,10 @@ class Iteration:
     metrics["rollout/length"] = jnp.mean(samples.lengths.astype(jnp.float32))
     if "truncated" in prompts:
       metrics["data/truncated_prompts"] = jnp.mean(prompts["truncated"].astype(jnp.float32))
+    if self.loss_on == "answer":  # the answer part of every completion, CaOPD's spliced or not
+      c = batch["completion_mask"].shape[1]
+      batch["completion_mask"] = batch["completion_mask"] & (
+          jnp.arange(c)[None, :] < verdict.answer_len[:, None])
     if "max_completion" in prompts:
       c = batch["completion_mask"].shape[1]
       limit = jnp.repeat(prompts["max_completion"], self.num_samples, axis=0)[:, None]
