@@ -25,8 +25,8 @@ def get_config(arg=None):
   c.continual = ml_collections.ConfigDict(dict(
       enabled=True, seeds=(0,), task_a="add", task_b="sub",
       # the base on both operations sees each half as often as the default's base sees
-      # addition: with the default's 1200 steps it reached only 0.526 on addition and OPD /
-      # CaOPD on B then collapsed on both tasks (README)
+      # addition: with the default's 1200 steps it reached only 0.526 on addition (an earlier
+      # session's run; README "Continual learning")
       base_steps=2400))
   if arg == "quick":  # a few-minute smoke version (tiny model, few steps; numbers meaningless)
     from configs import smoke  # pylint: disable=g-import-not-at-top
