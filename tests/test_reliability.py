@@ -248,6 +248,7 @@ def test_tokenizer_checks(tmp_path):
     (("opd", "mesh", (3, 1, 1)), "mesh"),
     (("base", "mix", (("student", 1.0), ("nope", 1.0))), "nope"),
     (("caopd", "objective", common.C(dict(name="reverse_kl", hparams=common.C()))), "reverse_kl.*valid"),
+    (("caopd", "num_samples", 16), r"caopd.num_samples=16: .* K=8 grid \(config.base.num_samples\)"),
 ])
 def test_pipeline_config_is_validated_up_front(change, match):
   c = smoke.get_config()

@@ -145,6 +145,12 @@ def pipeline(c, where="config"):
     stage = ml_collections.ConfigDict(c[name].to_dict())
     stage.task = c.task
     check(stage, f"{where}.{name}")
+  k, grid = c.caopd.num_samples, c.base.num_samples
+  _check(not c.caopd.caopd or grid % k == 0,
+         f"{where}.caopd.num_samples={k}: CaOPD's teacher is asked to copy P_acc on the K={k} grid, "
+         f"but the base learns to copy stated confidences on the K={grid} grid "
+         f"({where}.base.num_samples), so some P_acc values are ones it never saw; use a K that "
+         f"divides {grid} or set base.num_samples to a multiple of {k}.")
   evaluate(c, where)
 
 
