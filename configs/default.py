@@ -16,7 +16,8 @@ shares the task, seed, data and evaluation settings. What makes OPD teach here (
     carries, so it has headroom and its errors are predictable from the question;
   - as a teacher (the demonstration / solution in its context) it copies the answer, wrong
     0% / 10% / 50% of the time: it knows more than the student, not everything, so OPD raises
-    accuracy and its stated confidence still overclaims (what CaOPD must correct).
+    accuracy and its stated confidence still overclaims (what CaOPD must correct); OPD and
+    CaOPD keep the base, frozen, as that teacher.
   With noise independent of the question (35% / 15%, tried first) OPD taught as well but CaOPD
   could not beat the K=8 estimate's binomial spread (README, "What the default job shows").
 Evaluation reads the stated confidence as the mean of 16 re-decoded draws after the sampled
@@ -52,4 +53,10 @@ def get_config(arg=None):
   c.opd = opd.get_config()
   c.caopd = caopd.get_config()
   c.opd.steps = c.caopd.steps = 600
+  # The teacher is the base, frozen (ema_alpha=0; the paper: an EMA of the student, alpha 0.01,
+  # configs/paper/). At alpha 0.001 the student's drift reached the teacher: training only the
+  # student's format eroded the same weights' copying of the demonstration's "1.00", and on one
+  # seed of six OPD's student learned to state "0.00" on half its answers (README, "An OPD seed
+  # that learns to say 0.00"; experiments/confidence_digits.py).
+  c.opd.teacher.ema_alpha = c.caopd.teacher.ema_alpha = 0.0
   return c
