@@ -11,6 +11,8 @@ there (README, "An OPD seed that learns to say 0.00").
       --models=/tmp/ho/k8/seed_5/base/model,/tmp/ho/k8/seed_5/opd/model
 """
 
+import os
+
 from absl import app, flags
 import jax.numpy as jnp
 import numpy as np
@@ -74,6 +76,9 @@ def probe(model, tokenizer, task, records, stated: str = "1.00") -> list[dict]:
 
 
 def main(_):
+  missing = [p for p in _MODELS.value if not os.path.exists(os.path.join(p, "config.json"))]
+  if missing:  # before the task's data is read (or generated) under --data_dir
+    raise FileNotFoundError(f"Not HF model directories (no config.json): {missing}.")
   task = tasks.get(default.get_config().task)
   records = data.records(task.sources(_DATA.value, (_SPLIT.value,))[_SPLIT.value])[:_NUM.value]
   print(f"| model | format | P('1') | P('0') | after '0.' (top 3) |\n|---|---|---|---|---|")
